@@ -1,0 +1,490 @@
+"""Dataset builders: embedded digits, CIFAR-10/100-LT, ImageFolder(-LT) trees; ``create_dataset``."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._imagefolder import (
+    FileSource,
+    ImageFolderError,
+    ImageFolderIndex,
+    decode_images,
+    image_size_of,
+    scan_imagefolder,
+)
+from ._longtail import _rank_within_class, long_tail_counts, make_long_tailed
+from ._transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ._types import DatasetBundle, ImageData
+
+__all__ = [
+    "create_dataset",
+    "list_datasets",
+    "register_dataset",
+    "load_imagefolder",
+    "long_tail_index",
+    "channel_stats",
+    "DIGITS_TEST_PER_CLASS",
+]
+
+#: Test images per class of ``digits-lt`` (the last ones of each class in scikit-learn's order).
+DIGITS_TEST_PER_CLASS = 30
+_IMAGEFOLDER = "imagefolder"
+
+
+class DatasetBuilder(Protocol):
+    """Signature of a registered dataset builder (see :func:`register_dataset`)."""
+
+    def __call__(
+        self,
+        *,
+        data_dir: str | None,
+        imbalance: float,
+        profile: str,
+        n_max: int | None,
+        download: bool,
+        seed: int,
+        image_size: tuple[int, int] | None,
+    ) -> DatasetBundle: ...
+
+
+_REGISTRY: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator registering a builder under ``name`` for :func:`create_dataset` (overwrites silently)."""
+
+    def deco(fn: DatasetBuilder) -> DatasetBuilder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`create_dataset`; ``imagefolder:<path>`` stands for any ImageFolder tree."""
+    return sorted(_REGISTRY) + [f"{_IMAGEFOLDER}:<path>"]
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 ``[N, C, H, W]`` images scaled to ``[0, 1]`` (chunked, float64)."""
+    n, c = images.shape[:2]
+    if n == 0:
+        return (0.5,) * c, (0.25,) * c
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        x = images[i : i + chunk].to(torch.float64).div_(255.0)
+        s += x.sum(dim=(0, 2, 3))
+        s2 += x.square().sum(dim=(0, 2, 3))
+    count = n * images.shape[2] * images.shape[3]
+    mean = s / count
+    std = (s2 / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def _rgb3(stats: tuple[float, ...]) -> tuple[float, float, float]:
+    return float(stats[0]), float(stats[1]), float(stats[2])
+
+
+def _lt_meta(counts: list[int], imbalance: float, profile: str, **extra: Any) -> dict[str, Any]:
+    return {"train_counts": list(counts), "imbalance": imbalance, "profile": profile, **extra}
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def _load_digits_array() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (``[1797, 8, 8]`` floats 0..16, labels) without importing sklearn.
+
+    Reads ``sklearn/datasets/data/digits.csv.gz`` directly (importing scikit-learn costs ~0.7 s);
+    falls back to ``sklearn.datasets.load_digits`` if the file is not where it is expected.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as fh:
+                data = np.loadtxt(fh, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.asarray(d.images), np.asarray(d.target, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_rgb32() -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits as uint8 ``[1797, 3, 32, 32]`` (0..16 to 0..255, bilinear x4, grey to RGB), int64 ``[1797]``."""
+    images, target = _load_digits_array()
+    x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)  # [N, 1, 8, 8]
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = x.round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    return x, torch.as_tensor(target, dtype=torch.int64)
+
+
+def _digits_split(
+    imbalance: float, profile: str, n_max: int | None
+) -> tuple[ImageData, ImageData, list[int]]:
+    images, targets = _digits_rgb32()
+    full = ImageData(images, targets, [str(i) for i in range(10)])
+    # test = the last DIGITS_TEST_PER_CLASS samples of each class, train = the rest (dataset order)
+    counts = full.class_counts()
+    rank_from_end = counts[targets] - 1 - _rank_within_class(targets)
+    is_test = rank_from_end < DIGITS_TEST_PER_CLASS
+    train_all = full.subset(~is_test)
+    test = full.subset(is_test)
+    available = int(train_all.class_counts().min())  # 144
+    head = available if n_max is None else int(n_max)
+    lt = long_tail_counts(head, 10, imbalance, profile)
+    lt = [max(2, n) for n in lt]  # every class keeps >= 2 so that a per-class 80/20 split works
+    return make_long_tailed(train_all, lt), test, lt
+
+
+@register_dataset("digits-lt")
+def _build_digits_lt(
+    *,
+    data_dir: str | None,
+    imbalance: float,
+    profile: str,
+    n_max: int | None,
+    download: bool,
+    seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """Embedded, offline: scikit-learn's 8x8 digits as 32x32 RGB; 30 test images per class (balanced).
+
+    Training counts with the defaults (``n_max = 144``, the smallest per-class training count,
+    ``imbalance = 100``, ``exp``): ``[144, 87, 52, 32, 19, 12, 7, 5, 3, 2]`` (363 images); every class
+    keeps at least 2 images.
+    """
+    train, test, counts = _digits_split(imbalance, profile, n_max)
+    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
+    mean, std = channel_stats(train.images)
+    return DatasetBundle(
+        "digits-lt",
+        train,
+        test,
+        _rgb3(mean),
+        _rgb3(std),
+        _lt_meta(counts, imbalance, profile, source="sklearn.datasets.load_digits"),
+    )
+
+
+def _digit_groups(data: ImageData, minority_every: int, minority_offset: int) -> ImageData:
+    """Group 1 (``inverted``): samples whose rank within their class ``r`` has
+    ``r % minority_every == minority_offset``; their images are colour-inverted."""
+    rank = _rank_within_class(data.targets)
+    groups = (rank % minority_every == minority_offset).long()
+    images = data.images.clone()
+    inv = groups.bool()
+    images[inv] = 255 - images[inv]
+    return ImageData(images, data.targets.clone(), list(data.classes), groups, ["original", "inverted"])
+
+
+@register_dataset("digits-lt-groups")
+def _build_digits_lt_groups(
+    *,
+    data_dir: str | None,
+    imbalance: float,
+    profile: str,
+    n_max: int | None,
+    download: bool,
+    seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """``digits-lt`` plus a binary group: group 1 (``inverted``) images are colour-inverted.
+
+    Group 1 is rare in training (the samples of rank 5, 15, 25, ... within each class: 35 of 363 images,
+    9.6 %, none in the 3 smallest classes) and half of the test set (every second image of each class).
+    """
+    train, test, counts = _digits_split(imbalance, profile, n_max)
+    train, test = _digit_groups(train, 10, 5), _digit_groups(test, 2, 1)
+    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
+    mean, std = channel_stats(train.images)
+    return DatasetBundle(
+        "digits-lt-groups",
+        train,
+        test,
+        _rgb3(mean),
+        _rgb3(std),
+        _lt_meta(
+            counts,
+            imbalance,
+            profile,
+            source="sklearn.datasets.load_digits",
+            groups="1 = colour-inverted; ~10% of train, 50% of test",
+        ),
+    )
+
+
+def _maybe_resize(data: ImageData, size: tuple[int, int] | None) -> ImageData:
+    if size is None or data.image_size == tuple(size):
+        return data
+    x = F.interpolate(data.images.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    images = x.round_().clamp_(0, 255).to(torch.uint8)
+    return ImageData(images, data.targets, data.classes, data.groups, data.group_names)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+def _is_imagefolder(path: str) -> bool:
+    is_zip = os.path.isfile(path) and path.lower().endswith(".zip")
+    return is_zip or os.path.isdir(os.path.join(path, "train"))
+
+
+def _cifar(
+    which: int,
+    *,
+    data_dir: str | None,
+    imbalance: float,
+    profile: str,
+    n_max: int | None,
+    download: bool,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    name = f"cifar{which}-lt"
+    pretty = f"CIFAR-{which}"
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if which == 10 else (CIFAR100_MEAN, CIFAR100_STD)
+    head = n_max if n_max is not None else (5000 if which == 10 else 500)
+    root = os.path.expanduser(data_dir) if data_dir is not None else "data"
+    if _is_imagefolder(root):  # e.g. the CIFAR-10 JPEG archive or its extracted tree
+        bundle = load_imagefolder(
+            root,
+            imbalance=imbalance,
+            profile=profile,
+            n_max=head,
+            image_size=image_size,
+            name=name,
+            force_long_tail=True,
+        )
+        bundle.mean, bundle.std = mean, std
+        return bundle
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if which == 10 else torchvision.datasets.CIFAR100
+    try:
+        tr = cls(root=root, train=True, download=download)
+        te = cls(root=root, train=False, download=download)
+    except RuntimeError as exc:
+        msg = f"{pretty} not found in {root}: pass --download or --data-dir pointing at it"
+        raise ValueError(msg) from exc
+
+    def convert(ds: Any) -> ImageData:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return ImageData(images, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+    train, test = convert(tr), convert(te)
+    counts = long_tail_counts(head, train.num_classes, imbalance, profile)
+    train = make_long_tailed(train, counts)
+    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
+    return DatasetBundle(name, train, test, mean, std, _lt_meta(counts, imbalance, profile, source=root))
+
+
+@register_dataset("cifar10-lt")
+def _build_cifar10_lt(
+    *,
+    data_dir: str | None,
+    imbalance: float,
+    profile: str,
+    n_max: int | None,
+    download: bool,
+    seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """CIFAR-10-LT (``n_max`` 5000 by default) from torchvision's binary release in ``data_dir``, or
+    from an ImageFolder tree / zip (e.g. ``cifar10-jpg.zip``) when ``data_dir`` is one."""
+    return _cifar(
+        10,
+        data_dir=data_dir,
+        imbalance=imbalance,
+        profile=profile,
+        n_max=n_max,
+        download=download,
+        image_size=image_size,
+    )
+
+
+@register_dataset("cifar100-lt")
+def _build_cifar100_lt(
+    *,
+    data_dir: str | None,
+    imbalance: float,
+    profile: str,
+    n_max: int | None,
+    download: bool,
+    seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """CIFAR-100-LT (``n_max`` 500 by default), as :func:`_build_cifar10_lt`."""
+    return _cifar(
+        100,
+        data_dir=data_dir,
+        imbalance=imbalance,
+        profile=profile,
+        n_max=n_max,
+        download=download,
+        image_size=image_size,
+    )
+
+
+# ----------------------------------------------------------------------------------------- ImageFolder
+
+
+def long_tail_index(
+    index: ImageFolderIndex, imbalance: float, profile: str, n_max: int | None, *, force: bool = False
+) -> tuple[ImageFolderIndex, list[int]]:
+    """Long-tail a training index before decoding.
+
+    A balanced tree (all classes the same size) is cut to ``long_tail_counts(n_max or that size, C,
+    imbalance, profile)`` (the first files of each class); an already imbalanced tree is taken as it is,
+    unless ``force``.
+    """
+    have = index.class_counts()
+    balanced = bool((have == have[0]).all())
+    if not balanced and not force:
+        return index, have.tolist()
+    head = int(n_max) if n_max is not None else int(have.max())
+    counts = long_tail_counts(head, len(index.classes), imbalance, profile)
+    short = [c for c, k in enumerate(counts) if k > int(have[c])]
+    if short:
+        c = short[0]
+        raise ImageFolderError(
+            f"class {index.classes[c]!r} of {index.source.display(index.split)!r} has {int(have[c])} images "
+            f"but the long tail asks {counts[c]}: lower n_max"
+        )
+    want = torch.as_tensor(counts)
+    keep = _rank_within_class(index.targets) < want[index.targets]
+    return index.subset(keep), counts
+
+
+def _decode(index: ImageFolderIndex, size: tuple[int, int] | None, num_threads: int | None) -> ImageData:
+    images = decode_images(index.source, index.paths, size, num_threads=num_threads)
+    return ImageData(images, index.targets.clone(), list(index.classes), index.groups, index.group_names)
+
+
+def load_imagefolder(
+    location: str | os.PathLike[str],
+    *,
+    imbalance: float = 100.0,
+    profile: str = "exp",
+    n_max: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    name: str | None = None,
+    num_threads: int | None = None,
+    force_long_tail: bool = False,
+) -> DatasetBundle:
+    """Load ``location/train`` and ``location/test`` (or ``val``) ImageFolder trees into memory.
+
+    ``location`` is a directory or a zip archive of one. The training tree is long-tailed *before*
+    decoding (see :func:`long_tail_index`), so only kept files are decoded (thread pool, PIL, RGB).
+    Images keep their size unless they differ: then all are resized (bilinear) to ``image_size``,
+    default the size of the first training image. Optional ``groups.csv`` (``path,group`` lines,
+    root-relative paths) sets group labels. ``mean``/``std`` are computed on the (long-tailed) training set.
+
+    Raises:
+        ImageFolderError (a ValueError): missing folder, empty class folder, unreadable image (named),
+            test classes differing from training classes.
+    """
+    source = FileSource(location)
+    train_idx = scan_imagefolder(source, "train")
+    test_split = "test" if source.isdir("test") else "val" if source.isdir("val") else "test"
+    test_idx = scan_imagefolder(source, test_split, classes=train_idx.classes)
+    if imbalance > 1 or n_max is not None or force_long_tail:
+        train_idx, counts = long_tail_index(train_idx, imbalance, profile, n_max, force=force_long_tail)
+    else:
+        counts = train_idx.class_counts().tolist()
+    if image_size is None and len(train_idx):
+        image_size = image_size_of(source, train_idx.paths[0])
+    train = _decode(train_idx, image_size, num_threads)
+    test = _decode(test_idx, image_size, num_threads)
+    mean, std = channel_stats(train.images)
+    label = name or f"{_IMAGEFOLDER}:{os.fspath(location)}"
+    meta = _lt_meta(counts, imbalance, profile, source=os.fspath(location), test_split=test_split)
+    return DatasetBundle(label, train, test, _rgb3(mean), _rgb3(std), meta)
+
+
+# ------------------------------------------------------------------------------------------- factory
+
+
+def _as_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def create_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    imbalance: float = 100.0,
+    profile: str = "exp",
+    n_max: int | None = None,
+    download: bool = False,
+    seed: int = 0,
+    image_size: int | tuple[int, int] | None = None,
+) -> DatasetBundle:
+    """Build a long-tailed dataset by name.
+
+    Names (see :func:`list_datasets`):
+
+    - ``digits-lt``: embedded (scikit-learn digits, no network), 32x32 RGB, balanced 300-image test set.
+    - ``digits-lt-groups``: ``digits-lt`` with a rare colour-inverted group (``groups`` set).
+    - ``cifar10-lt`` / ``cifar100-lt``: torchvision's CIFAR in ``data_dir`` (default ``./data``; an
+      ImageFolder tree or zip such as ``cifar10-jpg.zip`` also works), ``n_max`` 5000 / 500 by default.
+    - ``imagefolder:PATH`` (or ``imagefolder`` with ``data_dir=PATH``): ``PATH/train`` and ``PATH/test``
+      (or ``val``) class folders, a directory or a zip; a balanced training tree is long-tailed with
+      ``long_tail_counts(n_max or its class size, C, imbalance, profile)``, an imbalanced one is kept.
+
+    Args:
+        imbalance: ``rho = n_max / n_min`` (>= 1; 1 keeps the tree balanced).
+        profile: ``exp``, ``exp_floor`` or ``step`` (see :func:`long_tail_counts`).
+        n_max: head-class count (default: dataset-specific, see above).
+        download: allow torchvision to download CIFAR (never done otherwise).
+        seed: accepted for API stability; the built-in datasets are deterministic (the same long-tailed
+            subset for every training seed, as in LDAM-DRW / AutoBalance), so it is unused by them.
+        image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size).
+
+    Raises:
+        ValueError: unknown name (listing the known ones), missing data, bad long-tail arguments.
+    """
+    size = _as_size(image_size)
+    kind, _, path = name.partition(":")
+    if kind == _IMAGEFOLDER:
+        location = path or data_dir
+        if not location:
+            raise ValueError("imagefolder needs a path: use 'imagefolder:PATH' or pass data_dir=PATH")
+        long_tail_counts(1, 1, imbalance, profile)  # validate the arguments before touching the disk
+        return load_imagefolder(
+            os.path.expanduser(location),
+            imbalance=imbalance,
+            profile=profile,
+            n_max=n_max,
+            image_size=size,
+            name=name if path else f"{_IMAGEFOLDER}:{location}",
+        )
+    builder = _REGISTRY.get(name)
+    if builder is None:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
+    return builder(
+        data_dir=data_dir,
+        imbalance=imbalance,
+        profile=profile,
+        n_max=n_max,
+        download=download,
+        seed=seed,
+        image_size=size,
+    )

@@ -1,0 +1,118 @@
+"""Implicit-function-theorem hypergradients on plain tensors.
+
+``d L_val(θ*(α)) / dα = ∂_α L_val − (∂²_{αθ} ℓ_train) H⁻¹ ∇_θ L_val`` with ``H = ∇²_θ ℓ_train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._solvers import Vec, conjugate_gradient, dot, neumann
+
+LossFn = Callable[[], torch.Tensor]
+METHODS = ("neumann", "cg")
+
+
+def _pieces(fn: LossFn | Sequence[LossFn]) -> list[LossFn]:
+    return [fn] if callable(fn) else list(fn)
+
+
+def _zeros_for_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> Vec:
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like, strict=True)]
+
+
+class _TrainGradients:
+    """``∇_θ ℓ_train`` of each piece, either recomputed per use (lean) or kept with its graph (fast)."""
+
+    def __init__(self, pieces: list[LossFn], params: Sequence[torch.Tensor], cache: bool) -> None:
+        self.pieces, self.params, self.cache = pieces, list(params), cache
+        self._graphs: list[Vec] | None = None
+
+    def __iter__(self):
+        if self.cache:
+            if self._graphs is None:
+                self._graphs = [self._grad(p) for p in self.pieces]
+            yield from self._graphs
+        else:
+            for p in self.pieces:
+                yield self._grad(p)
+
+    def _grad(self, piece: LossFn) -> Vec:
+        g = torch.autograd.grad(piece(), self.params, create_graph=True, allow_unused=True)
+        return _zeros_for_none(g, self.params)
+
+    def hvp(self, u: Vec) -> Vec:
+        total = [torch.zeros_like(t) for t in u]
+        n = len(self.pieces)
+        for g in self:
+            if not any(t.requires_grad for t in g):
+                continue  # a piece linear in θ has no curvature
+            hv = torch.autograd.grad(dot(g, u), self.params, retain_graph=self.cache, allow_unused=True)
+            total = [t + h.detach() / n for t, h in zip(total, _zeros_for_none(hv, u), strict=True)]
+        return total
+
+    def mixed(self, x: Vec, hparams: Sequence[torch.Tensor]) -> Vec:
+        """``(∂²_{αθ} ℓ_train) x`` summed over pieces: ``∂_α (∇_θ ℓ · x)``."""
+        total = [torch.zeros_like(h) for h in hparams]
+        n = len(self.pieces)
+        for i, g in enumerate(self):
+            last = self.cache and i == len(self.pieces) - 1
+            s = dot(g, x)
+            if not s.requires_grad:
+                continue
+            ga = torch.autograd.grad(s, hparams, retain_graph=self.cache and not last, allow_unused=True)
+            total = [t + a.detach() / n for t, a in zip(total, _zeros_for_none(ga, hparams), strict=True)]
+        self._graphs = None
+        return total
+
+
+def implicit_grad(
+    train_loss: LossFn | Sequence[LossFn],
+    val_loss: LossFn | Sequence[LossFn],
+    params: Sequence[torch.Tensor],
+    hparams: Sequence[torch.Tensor],
+    method: str = "neumann",
+    *,
+    terms: int = 5,
+    step: float = 1.0,
+    iters: int = 20,
+    tol: float = 1e-10,
+    damping: float = 0.0,
+    cache_graphs: bool = False,
+) -> list[torch.Tensor]:
+    """Hypergradient ``dL_val(θ*(α))/dα`` by the implicit function theorem.
+
+    Args:
+        train_loss: zero-argument callable returning ``ℓ_train`` (a scalar built from ``params`` and
+            ``hparams``), or a sequence of such callables whose mean is ``ℓ_train`` (one per batch:
+            their graphs are built one at a time unless ``cache_graphs``).
+        val_loss: the same for ``L_val``; it may depend on ``hparams`` directly (that term is added).
+        params: inner variables ``θ`` (assumed at a minimum of ``ℓ_train``).
+        hparams: outer variables ``α`` with ``requires_grad=True``.
+        method: ``"neumann"`` (``terms`` K, ``step`` η) or ``"cg"`` (``iters``, ``tol``, ``damping``).
+        cache_graphs: keep each training piece's first-order graph for all Hessian products (fast,
+            memory grows with the pieces) instead of rebuilding it per product.
+
+    Returns:
+        one gradient tensor per hparam, same shapes.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown implicit method {method!r}: choose from {list(METHODS)}")
+    params, hparams = list(params), list(hparams)
+    val_pieces = _pieces(val_loss)
+    v = [torch.zeros_like(p) for p in params]
+    direct = [torch.zeros_like(h) for h in hparams]
+    for piece in val_pieces:
+        g = torch.autograd.grad(piece(), params + hparams, allow_unused=True)
+        g = _zeros_for_none(g, params + hparams)
+        v = [a + b.detach() / len(val_pieces) for a, b in zip(v, g[: len(params)], strict=True)]
+        direct = [a + b.detach() / len(val_pieces) for a, b in zip(direct, g[len(params) :], strict=True)]
+    train = _TrainGradients(_pieces(train_loss), params, cache_graphs)
+    if method == "neumann":
+        x = neumann(train.hvp, v, terms=terms, step=step)
+    else:
+        x = conjugate_gradient(train.hvp, v, iters=iters, tol=tol, damping=damping)
+    mixed = train.mixed(x, hparams)
+    return [d - m for d, m in zip(direct, mixed, strict=True)]

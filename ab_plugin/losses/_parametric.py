@@ -1,0 +1,208 @@
+"""``ParametricCrossEntropy``: the learnable loss module and the baselines as fixed points of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ._functional import (
+    Counts,
+    _as_counts,
+    cdt_scale,
+    drw_weights,
+    la_bias,
+    ldam_margins,
+    logit,
+    parametric_cross_entropy,
+)
+from ._sharing import Sharing, per_class
+
+HPARAM_NAMES = ("class_weight", "logit_bias", "logit_scale")
+
+
+class ParametricCrossEntropy(nn.Module):
+    """``w_y · CE(Δ ⊙ z + l, y)`` with learnable, optionally shared, per-class ``w``, ``l``, ``Δ``.
+
+    Parametrisation (``D`` the sharing basis ``[C, k]``, raw vectors ``[k]``):
+    ``w = C · softmax(D ω)`` (positive, mean 1), ``l = D λ``, ``Δ = sigmoid(D δ)`` in (0, 1).
+
+    Args:
+        num_classes: ``C``.
+        sharing: basis shared by all three hyperparameters (default: one value per class).
+        class_weight, logit_bias, logit_scale: initial per-class values ``[C]``; ``None`` means
+            neutral (w = 1, l = 0) and, for the scale, "no scale" unless it is learned
+            (then ``Δ = sigmoid(1)`` as in the reference code).
+        learn: which of ``class_weight``, ``logit_bias``, ``logit_scale`` the upper level tunes.
+        margin: fixed LDAM margins ``[C]`` taken off the true-class logit; ``margin_scale`` ``s``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        sharing: Sharing | None = None,
+        class_weight: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | None = None,
+        learn: Iterable[str] = (),
+        margin: torch.Tensor | None = None,
+        margin_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        learn = tuple(learn)
+        bad = set(learn) - set(HPARAM_NAMES)
+        if bad:
+            raise ValueError(f"cannot learn {sorted(bad)}: choose from {list(HPARAM_NAMES)}")
+        self.num_classes = num_classes
+        self.sharing = sharing or per_class(num_classes)
+        if self.sharing.num_classes != num_classes:
+            raise ValueError(
+                f"sharing basis is for {self.sharing.num_classes} classes but the loss has {num_classes}"
+            )
+        self.register_buffer("basis", self.sharing.basis.clone(), persistent=False)
+        self.use_scale = logit_scale is not None or "logit_scale" in learn
+        self.use_weight = class_weight is not None or "class_weight" in learn
+        if logit_scale is None:
+            logit_scale = torch.full((num_classes,), float(torch.sigmoid(torch.tensor(1.0))))
+        init = {
+            "class_weight": torch.zeros(num_classes) if class_weight is None else self._weight_to_logits(class_weight),
+            "logit_bias": torch.zeros(num_classes) if logit_bias is None else torch.as_tensor(logit_bias).float(),
+            "logit_scale": logit(torch.as_tensor(logit_scale).float()),
+        }
+        for name in HPARAM_NAMES:
+            raw = self.sharing.fit(init[name])
+            self.register_parameter(f"{name}_raw", nn.Parameter(raw, requires_grad=name in learn))
+        self.learn = learn
+        self.register_buffer("margin", None if margin is None else torch.as_tensor(margin).float())
+        self.margin_scale = float(margin_scale)
+        # LDAM-DRW switches to class-balanced weights late in training (set by `set_progress`).
+        self.register_buffer("deferred_weight", None)
+        self.defer_from = 1.0
+        self._deferred_active = False
+
+    @staticmethod
+    def _weight_to_logits(w: torch.Tensor) -> torch.Tensor:
+        w = torch.as_tensor(w).float()
+        if bool((w <= 0).any()):
+            raise ValueError("class weights must be positive")
+        return w.log() - w.log().mean()
+
+    # per-class views ------------------------------------------------------------------------
+    @property
+    def class_weight(self) -> torch.Tensor:
+        """``w`` ``[C]``, positive with mean 1."""
+        if self._deferred_active and self.deferred_weight is not None:
+            return self.deferred_weight
+        return self.num_classes * torch.softmax(self.basis @ self.class_weight_raw, dim=0)
+
+    @property
+    def logit_bias(self) -> torch.Tensor:
+        """``l`` ``[C]``, in logit units."""
+        return self.basis @ self.logit_bias_raw
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``Δ`` ``[C]`` in (0, 1)."""
+        return torch.sigmoid(self.basis @ self.logit_scale_raw)
+
+    def hparameters(self) -> list[nn.Parameter]:
+        """The raw tensors the upper level optimises (only those in ``learn``)."""
+        return [getattr(self, f"{n}_raw") for n in HPARAM_NAMES if n in self.learn]
+
+    def hparameter_names(self) -> list[str]:
+        return [n for n in HPARAM_NAMES if n in self.learn]
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the loss how far training is (0..1); used by deferred re-weighting."""
+        self._deferred_active = fraction >= self.defer_from
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch; ``logits`` ``[B, C]``, ``target`` ``[B]`` labels or ``[B, C]`` soft."""
+        return parametric_cross_entropy(
+            logits,
+            target,
+            class_weight=self.class_weight if (self.use_weight or self._deferred_active) else None,
+            logit_bias=self.logit_bias,
+            logit_scale=self.logit_scale if self.use_scale else None,
+            margin=self.margin,
+            margin_scale=self.margin_scale,
+        )
+
+    def per_class(self) -> dict[str, list[float]]:
+        """Per-class vectors under the loss's names (what a policy file stores)."""
+        with torch.no_grad():
+            return {
+                "class_weight": self.class_weight.tolist(),
+                "logit_bias": self.logit_bias.tolist(),
+                "logit_scale": (self.logit_scale if self.use_scale else torch.ones(self.num_classes)).tolist(),
+            }
+
+    def load_per_class(self, values: dict[str, Sequence[float]]) -> None:
+        """Set the raw parameters from per-class vectors (exact for the per-class basis)."""
+        with torch.no_grad():
+            if "class_weight" in values:
+                self.use_weight = True
+                self.class_weight_raw.copy_(self.sharing.fit(self._weight_to_logits(torch.tensor(values["class_weight"]))))
+            if "logit_bias" in values:
+                self.logit_bias_raw.copy_(self.sharing.fit(torch.tensor(values["logit_bias"], dtype=torch.float32)))
+            if "logit_scale" in values:
+                self.use_scale = True
+                self.logit_scale_raw.copy_(self.sharing.fit(logit(torch.tensor(values["logit_scale"]))))
+
+    def extra_repr(self) -> str:
+        return f"classes={self.num_classes}, sharing={self.sharing.kind}, learn={list(self.learn)}"
+
+
+# registry of loss recipes ---------------------------------------------------------------------
+
+LOSSES = ("ce", "la", "cdt", "vs", "ldam", "ldam-drw", "autobalance")
+NEEDS_NORMED_HEAD = {"ldam", "ldam-drw"}
+
+
+def create_loss(
+    name: str,
+    counts: Counts,
+    *,
+    tau: float = 1.0,
+    gamma: float = 0.2,
+    max_margin: float = 0.5,
+    ldam_scale: float = 30.0,
+    drw_from: float = 0.8,
+    init: str = "neutral",
+    learn: Iterable[str] = ("logit_bias", "logit_scale"),
+    sharing: Sharing | None = None,
+) -> ParametricCrossEntropy:
+    """Build a loss of the family by name. Baselines are fixed points; ``autobalance`` learns.
+
+    ``init`` (for ``autobalance``): ``neutral`` | ``la`` (l = τ log π) | ``cdt`` (Δ = (n/n_max)^γ)
+    | ``vs`` (both).
+    """
+    c = _as_counts(counts)
+    n = c.numel()
+    if name == "ce":
+        return ParametricCrossEntropy(n)
+    if name == "la":
+        return ParametricCrossEntropy(n, logit_bias=la_bias(c, tau))
+    if name == "cdt":
+        return ParametricCrossEntropy(n, logit_scale=cdt_scale(c, gamma))
+    if name == "vs":
+        return ParametricCrossEntropy(n, logit_scale=cdt_scale(c, gamma), logit_bias=la_bias(c, tau))
+    if name in ("ldam", "ldam-drw"):
+        loss = ParametricCrossEntropy(n, margin=ldam_margins(c, max_margin), margin_scale=ldam_scale)
+        if name == "ldam-drw":
+            loss.deferred_weight = drw_weights(c)
+            loss.defer_from = drw_from
+        return loss
+    if name == "autobalance":
+        inits = {
+            "neutral": {},
+            "la": {"logit_bias": la_bias(c, tau)},
+            "cdt": {"logit_scale": cdt_scale(c, gamma)},
+            "vs": {"logit_bias": la_bias(c, tau), "logit_scale": cdt_scale(c, gamma)},
+        }
+        if init not in inits:
+            raise ValueError(f"unknown init {init!r}: choose from {list(inits)}")
+        return ParametricCrossEntropy(n, sharing=sharing, learn=learn, **inits[init])
+    raise ValueError(f"unknown loss {name!r}: choose from {list(LOSSES)}")

@@ -1,0 +1,107 @@
+"""How per-class hyperparameters are shared: a basis ``D ∈ R^{C×k}`` with ``value = D @ raw``.
+
+Per class is the identity basis; frequency groups and frequency dictionaries let 1000+ classes be
+tuned with a handful of numbers (the paper's ``l = D_π l'``, ``Δ' = D_π δ'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._functional import Counts, _as_counts
+
+
+class Sharing:
+    """A fixed basis ``D`` ``[C, k]``; ``expand(raw[k]) -> [C]`` and the least-squares inverse ``fit``."""
+
+    def __init__(self, basis: torch.Tensor, kind: str = "custom") -> None:
+        if basis.ndim != 2 or basis.shape[1] > basis.shape[0] or basis.shape[1] == 0:
+            raise ValueError(f"sharing basis must be [C, k] with 1 <= k <= C, got {tuple(basis.shape)}")
+        self.basis = basis.float()
+        self.kind = kind
+
+    @property
+    def num_classes(self) -> int:
+        return self.basis.shape[0]
+
+    @property
+    def size(self) -> int:
+        """Number of free values ``k`` per hyperparameter."""
+        return self.basis.shape[1]
+
+    def expand(self, raw: torch.Tensor) -> torch.Tensor:
+        """``[k]`` raw values -> ``[C]`` per-class values."""
+        return self.basis.to(raw) @ raw
+
+    def fit(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw ``[k]`` whose expansion is closest (least squares) to per-class ``values`` ``[C]``."""
+        d = self.basis.double()
+        sol = torch.linalg.lstsq(d, values.double().reshape(-1, 1), driver="gelsd").solution
+        return sol.reshape(-1).float()
+
+    def __repr__(self) -> str:
+        return f"Sharing(kind={self.kind!r}, classes={self.num_classes}, size={self.size})"
+
+
+def per_class(num_classes: int) -> Sharing:
+    return Sharing(torch.eye(num_classes), "per_class")
+
+
+def frequency_groups(counts: Counts, num_groups: int) -> Sharing:
+    """Classes sorted by count, cut into ``num_groups`` consecutive groups sharing one value each."""
+    c = _as_counts(counts)
+    num_groups = max(1, min(int(num_groups), c.numel()))
+    order = torch.argsort(c, descending=True, stable=True)
+    basis = torch.zeros(c.numel(), num_groups)
+    for g, chunk in enumerate(torch.tensor_split(order, num_groups)):
+        basis[chunk, g] = 1.0
+    return Sharing(basis, "groups")
+
+
+def frequency_dictionary(counts: Counts, size: int = 3, kind: str = "poly") -> Sharing:
+    """A small dictionary of features of ``log π_j``.
+
+    ``kind="poly"``: ``[1, u, u², …]`` with ``u`` the log frequency standardised to [-1, 1];
+    ``kind="hat"``: piecewise-linear hat functions on ``u`` with ``size`` evenly spaced knots
+    (a partition of unity, so constants are representable).
+    """
+    c = _as_counts(counts)
+    lp = torch.log(c / c.sum())
+    span = (lp.max() - lp.min()).clamp_min(1e-12)
+    u = (2.0 * (lp - lp.min()) / span - 1.0).float()
+    size = max(1, min(int(size), c.numel()))
+    if kind == "poly":
+        basis = torch.stack([u**p for p in range(size)], dim=1)
+    elif kind == "hat":
+        if size == 1:
+            basis = torch.ones(c.numel(), 1)
+        else:
+            knots = torch.linspace(-1.0, 1.0, size)
+            width = 2.0 / (size - 1)
+            basis = (1.0 - (u[:, None] - knots[None, :]).abs() / width).clamp_min(0.0)
+    else:
+        raise ValueError(f"unknown dictionary kind {kind!r}: use 'poly' or 'hat'")
+    return Sharing(basis, f"dictionary-{kind}")
+
+
+def create_sharing(spec: str, counts: Counts) -> Sharing:
+    """Parse a sharing spec: ``per_class``, ``groups:K``, ``poly:K`` or ``hat:K``."""
+    name, _, arg = spec.partition(":")
+    n = len(_as_counts(counts))
+    try:
+        k = int(arg) if arg else 3
+    except ValueError:
+        raise ValueError(f"bad sharing spec {spec!r}: the size after ':' must be an integer") from None
+    if name == "per_class":
+        return per_class(n)
+    if name == "groups":
+        return frequency_groups(counts, k)
+    if name in ("poly", "hat"):
+        return frequency_dictionary(counts, k, name)
+    raise ValueError(f"unknown sharing {spec!r}: use per_class, groups:K, poly:K or hat:K")
+
+
+def sharing_names() -> Sequence[str]:
+    return ("per_class", "groups:K", "poly:K", "hat:K")

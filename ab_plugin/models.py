@@ -1,0 +1,400 @@
+"""Backbones: CIFAR ResNets (registered in timm's registry) and any timm model by name.
+
+The CIFAR ResNets follow He et al. (2016) as used by LDAM-DRW and AutoBalance: a 3x3 stem of 16
+channels, 3 stages of ``n`` basic blocks with widths 16/32/64 (stride 2 at stages 2 and 3), global
+average pooling and a linear (or cosine, :class:`NormedLinear`) classifier; depth ``6n + 2``
+(ResNet-20/32/44/56/110 for ``n`` = 3/5/7/9/18). Shortcut option ``"A"`` (parameter-free: subsample and
+zero-pad channels, the default, as in the reference code) or ``"B"`` (1x1 conv + BN). Kaiming-normal
+initialisation of conv and linear weights.
+
+They are registered in timm as ``resnet20_cifar`` ... ``resnet110_cifar`` (``timm.create_model(
+"resnet32_cifar", num_classes=10)`` works once :mod:`ab_plugin.models` is imported); our CLI and
+:func:`create_backbone` also accept the short names ``resnet20`` ... ``resnet110``. The ``_cifar`` suffix
+keeps the registry unambiguous next to timm's ImageNet ResNets (``resnet18``, ``resnet32ts``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.models import generate_default_cfgs, register_model
+from torch import Tensor
+
+__all__ = [
+    "CIFAR_DEPTHS",
+    "NormedLinear",
+    "BasicBlock",
+    "CifarResNet",
+    "create_backbone",
+    "list_backbones",
+    "split_model",
+]
+
+#: Short CLI name -> blocks per stage ``n`` (depth ``6n + 2``).
+CIFAR_DEPTHS: dict[str, int] = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (8, 8),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": _CIFAR_MEAN,
+        "std": _CIFAR_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{name}_cifar": _cfg() for name in CIFAR_DEPTHS})
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier of LDAM: ``logits = normalize(x) @ normalize(W).T`` (no bias), values in ``[-1, 1]``.
+
+    ``weight`` is ``[out_features, in_features]`` as in ``nn.Linear`` (each row, one class, is L2-normalised
+    in ``forward``); initialised like the LDAM-DRW code (uniform, rows renormalised to unit norm). The
+    LDAM scale ``s`` belongs to the loss.
+
+    Shapes: ``x [B, in_features]`` -> ``[B, out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class _ShortcutA(nn.Module):
+    """Option A shortcut: take every second pixel and zero-pad the channels to ``planes``."""
+
+    def __init__(self, in_planes: int, planes: int) -> None:
+        super().__init__()
+        self.pad_lo = (planes - in_planes) // 2
+        self.pad_hi = planes - in_planes - self.pad_lo
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad_lo, self.pad_hi))
+
+
+class BasicBlock(nn.Module):
+    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``; ``[B, in_planes, H, W] -> [B, planes,
+    H / stride, W / stride]``."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            if shortcut == "A":
+                if stride != 2:
+                    raise ValueError("option-A shortcut needs stride 2 where the width changes")
+                self.shortcut = _ShortcutA(in_planes, planes)
+            elif shortcut == "B":
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                )
+            else:
+                raise ValueError(f"unknown shortcut {shortcut!r}: choose 'A' (zero-pad) or 'B' (1x1 conv)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet with timm's model interface.
+
+    Args:
+        num_blocks: basic blocks per stage ``n`` (depth ``6n + 2``).
+        num_classes: classifier outputs; 0 gives an ``nn.Identity`` head (pre-logit features).
+        in_chans: input channels.
+        normed_head: cosine classifier (:class:`NormedLinear`) instead of ``nn.Linear``.
+        shortcut: ``"A"`` (zero-pad, reference) or ``"B"`` (1x1 conv projection).
+        drop_rate: dropout before the classifier.
+
+    Shapes: ``forward_features``: ``[B, in_chans, H, W] -> [B, 64, H/4, W/4]``; ``forward_head``:
+    ``-> [B, num_classes]`` (``[B, 64]`` with ``pre_logits=True``); ``forward``: ``-> [B, num_classes]``.
+    Works with ``channels_last`` inputs and weights.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int = 5,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        *,
+        normed_head: bool = False,
+        shortcut: str = "A",
+        drop_rate: float = 0.0,
+        widths: tuple[int, int, int] = (16, 32, 64),
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.normed_head = normed_head
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        w1, w2, w3 = widths
+        self.conv1 = nn.Conv2d(in_chans, w1, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self._in_planes = w1
+        self.layer1 = self._make_layer(w1, num_blocks, 1, shortcut)
+        self.layer2 = self._make_layer(w2, num_blocks, 2, shortcut)
+        self.layer3 = self._make_layer(w3, num_blocks, 2, shortcut)
+        self.num_features = self.head_hidden_size = w3
+        self.feature_info = [
+            {"num_chs": w1, "reduction": 1, "module": "layer1"},
+            {"num_chs": w2, "reduction": 2, "module": "layer2"},
+            {"num_chs": w3, "reduction": 4, "module": "layer3"},
+        ]
+        self.fc = self._make_head(num_classes)
+        self.pretrained_cfg: dict[str, Any] = _cfg(num_classes=num_classes)
+        self.apply(_kaiming_init)
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (older timm name)."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
+    def _make_layer(self, planes: int, n: int, stride: int, shortcut: str) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(BasicBlock(self._in_planes, planes, s, shortcut))
+            self._in_planes = planes
+        return nn.Sequential(*layers)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.normed_head:
+            return NormedLinear(self.num_features, num_classes)
+        return nn.Linear(self.num_features, num_classes)
+
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        """The classifier module (``"fc"`` with ``name_only``)."""
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: identity)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError("CifarResNet only supports global_pool='avg'")
+        self.num_classes = num_classes
+        p = next(self.parameters())
+        self.fc = self._make_head(num_classes).to(device=p.device, dtype=p.dtype)
+        if isinstance(self.fc, nn.Linear):
+            nn.init.kaiming_normal_(self.fc.weight)
+        self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in the backward pass to save memory (timm interface)."""
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, 64, H/4, W/4]`` feature map."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool, dropout and classifier: ``[B, 64, h, w] -> [B, num_classes]``
+        (``[B, 64]`` with ``pre_logits``)."""
+        x = x.mean(dim=(2, 3))
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _kaiming_init(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight)
+
+
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _create_cifar_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    for key in _TIMM_ONLY_KWARGS:
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(f"no pretrained weights for {name}: pass pretrained=False")
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    model = CifarResNet(CIFAR_DEPTHS[name], **kwargs)
+    model.pretrained_cfg["architecture"] = f"{name}_cifar"
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+@register_model
+def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-20 for CIFAR (3 x 3 basic blocks, ~0.27 M parameters)."""
+    return _create_cifar_resnet("resnet20", pretrained, **kwargs)
+
+
+@register_model
+def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-32 for CIFAR (3 x 5 basic blocks, ~0.46 M parameters)."""
+    return _create_cifar_resnet("resnet32", pretrained, **kwargs)
+
+
+@register_model
+def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-44 for CIFAR (3 x 7 basic blocks, ~0.66 M parameters)."""
+    return _create_cifar_resnet("resnet44", pretrained, **kwargs)
+
+
+@register_model
+def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-56 for CIFAR (3 x 9 basic blocks, ~0.85 M parameters)."""
+    return _create_cifar_resnet("resnet56", pretrained, **kwargs)
+
+
+@register_model
+def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-110 for CIFAR (3 x 18 basic blocks, ~1.7 M parameters)."""
+    return _create_cifar_resnet("resnet110", pretrained, **kwargs)
+
+
+def list_backbones(include_timm: bool = False) -> list[str]:
+    """Our CIFAR ResNet names (``resnet20`` ... ``resnet110``); with ``include_timm`` also every timm name."""
+    names = list(CIFAR_DEPTHS)
+    if include_timm:
+        names += [n for n in timm.list_models() if n not in names]
+    return names
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, module)
+
+
+def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, **kwargs: Any) -> nn.Module:
+    """A randomly initialised backbone with ``num_classes`` outputs.
+
+    Args:
+        name: ``resnet20`` / ``resnet32`` / ``resnet44`` / ``resnet56`` / ``resnet110`` (CIFAR ResNets, also
+            with the ``_cifar`` suffix) or any timm model name (``timm.list_models()``), built with
+            ``pretrained=False`` (nothing is downloaded).
+        num_classes: classifier outputs.
+        normed_head: cosine classifier (:class:`NormedLinear`, for LDAM) instead of the linear one. For
+            timm models the classifier named in ``pretrained_cfg["classifier"]`` must be an ``nn.Linear``.
+        kwargs: passed to the model constructor (e.g. ``shortcut="B"``, ``drop_rate``, ``in_chans``).
+
+    Returns:
+        A module with timm's interface (``forward_features``, ``forward_head``, ``get_classifier``).
+        Input ``[B, 3, H, W]`` float, normalised; output ``[B, num_classes]`` logits.
+    """
+    short = name[: -len("_cifar")] if name.endswith("_cifar") else name
+    if short in CIFAR_DEPTHS:
+        return timm.create_model(f"{short}_cifar", num_classes=num_classes, normed_head=normed_head, **kwargs)
+    if not timm.is_model(name):
+        raise ValueError(
+            f"unknown backbone {name!r}: choose one of resnet20..resnet110 "
+            "or a timm model name (timm.list_models())"
+        )
+    kwargs.setdefault("pretrained", False)
+    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    if normed_head:
+        path = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+        head = model.get_classifier()
+        if not isinstance(path, str) or not isinstance(head, nn.Linear):
+            raise ValueError(
+                f"normed_head needs a single nn.Linear classifier; {name!r} has {type(head).__name__}"
+            )
+        _set_submodule(model, path, NormedLinear(head.in_features, head.out_features).to(head.weight.device))
+    return model
+
+
+class _StopForward(Exception):
+    def __init__(self, features: Tensor) -> None:
+        super().__init__()
+        self.features = features
+
+
+def _features_until(model: nn.Module, head: nn.Module, attr: str) -> Callable[[Tensor], Tensor]:
+    """``x -> input of head`` by running ``model`` and stopping in a forward pre-hook of ``head``."""
+
+    def features_fn(x: Tensor) -> Tensor:
+        def stop(_: nn.Module, args: tuple[Any, ...]) -> None:
+            raise _StopForward(args[0])
+
+        handle = head.register_forward_pre_hook(stop)
+        try:
+            model(x)
+        except _StopForward as s:
+            return s.features
+        finally:
+            handle.remove()
+        raise RuntimeError(f"split_model: {type(model).__name__} never called its classifier {attr!r}")
+
+    return features_fn
+
+
+def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module]:
+    """Split a classifier into ``(features_fn, classifier)`` with ``classifier(features_fn(x)) == model(x)``.
+
+    - timm-interface models (``forward_features`` + ``forward_head`` + ``get_classifier``):
+      ``features_fn(x) = model.forward_head(model.forward_features(x), pre_logits=True)``.
+    - other models with a final ``fc`` / ``classifier`` / ``head`` module (e.g. torchvision): ``features_fn``
+      runs ``model`` until the classifier's input and stops there (a forward pre-hook; nothing is mutated).
+
+    Shapes: ``features_fn``: ``[B, 3, H, W] -> [B, D]``; ``classifier``: ``[B, D] -> [B, C]``.
+    """
+    if all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
+        classifier = model.get_classifier()
+        if isinstance(classifier, nn.Module):
+
+            def features_fn(x: Tensor) -> Tensor:
+                return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+            return features_fn, classifier
+    for attr in ("fc", "classifier", "head"):
+        classifier = getattr(model, attr, None)
+        if isinstance(classifier, nn.Module):
+            return _features_until(model, classifier, attr), classifier
+    raise ValueError(
+        f"split_model: {type(model).__name__} has no timm interface and no fc/classifier/head module: "
+        "wrap it so that it exposes forward_features / forward_head / get_classifier"
+    )

@@ -1,0 +1,104 @@
+"""Plots and tables of a run (matplotlib Agg, rich); written atomically into the run folder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .io import atomic_write
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class_error(counts: Sequence[int], errors: dict[str, Sequence[float]], path: Path) -> None:
+    """Per-class test error (%) against training count (log x), one series per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, errs in errors.items():
+        pts = sorted(zip(counts, errs, strict=True))
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images in class (log scale)")
+    ax.set_ylabel("test error of class (%)")
+    ax.set_title("Per-class error vs. class size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_alpha_vs_frequency(counts: Sequence[int], alpha: dict[str, Sequence[float]], path: Path) -> None:
+    """Learned logit bias l and logit scale Δ against log class frequency."""
+    plt = _pyplot()
+    total = float(sum(counts))
+    logf = [math.log(c / total) for c in counts]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(axes, ("logit_bias", "logit_scale", "class_weight"),
+                              ("logit bias l", "logit scale Δ", "class weight w"), strict=True):
+        ax.plot(logf, alpha[key], "o")
+        ax.set_xlabel("log class frequency")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learned α vs. class frequency")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_alpha_trajectory(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Each class's l and Δ over the epochs of the search."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("logit_bias", "logit_scale"), strict=True):
+        series = list(zip(*[h["alpha"][key] for h in history], strict=True))
+        for c, s in enumerate(series):
+            ax.plot(epochs, s, label=str(c) if len(series) <= 10 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    if len(history[0]["alpha"]["logit_bias"]) <= 10:
+        axes[1].legend(title="class", fontsize=7, ncol=2)
+    fig.suptitle("α over the search")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
+    """Overall, balanced and worst-class test error (%) per method."""
+    t = Table(title=title)
+    for col in ("method", "accuracy %", "balanced error %", "worst-class error %", "time s"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for name, r in results.items():
+        m = r.get("test_metrics") or {}
+        t.add_row(name, f"{100 * m.get('accuracy', float('nan')):.2f}",
+                  f"{100 * m.get('balanced_error', float('nan')):.2f}",
+                  f"{100 * m.get('worst_class_error', float('nan')):.2f}", f"{r.get('seconds', 0):.1f}")
+    return t
+
+
+def per_class_table(result: dict[str, Any]) -> Table:
+    """Per class: name, training count, test error, learned w, l, Δ."""
+    t = Table(title="Per class")
+    for col in ("class", "count", "test error %", "w", "l", "Δ"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    errs = (result.get("test_metrics") or {}).get("per_class_error") or [float("nan")] * len(result["classes"])
+    a = result["alpha"]
+    for i, name in enumerate(result["classes"]):
+        t.add_row(name, str(result["class_counts"][i]), f"{100 * errs[i]:.1f}", f"{a['class_weight'][i]:.3f}",
+                  f"{a['logit_bias'][i]:+.3f}", f"{a['logit_scale'][i]:.3f}")
+    return t

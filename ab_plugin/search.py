@@ -1,0 +1,196 @@
+"""The user-facing runs: ``AutoBalance(...).fit`` (search), :func:`retrain` and :func:`train_baseline`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+from .data import DatasetBundle, ImageData, split_per_class
+from .hypergrad import create_engine
+from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
+from .models import create_backbone
+from .objectives import GROUP_OBJECTIVES, create_objective
+from .policies import ClassPolicy, create_policy, policy_from_module
+from .trainer import Trainer, UpperLevel
+
+
+@dataclass
+class RunResult:
+    """What a run produces; ``alpha`` holds per-class ``class_weight``, ``logit_bias``, ``logit_scale``."""
+
+    kind: str  # search | retrain | baseline
+    method: str
+    classes: list[str]
+    class_counts: list[int]
+    alpha: dict[str, list[float]]
+    augmentation: dict[str, Any] | None
+    config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_metrics: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    seconds: float = 0.0
+    hyper_steps: int = 0
+    skipped_steps: int = 0
+    skipped_hyper_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+SearchResult = RunResult
+
+
+def _needs_groups(cfg: Config, data: ImageData) -> None:
+    if cfg.objective in GROUP_OBJECTIVES and data.groups is None:
+        raise ValueError(
+            f"objective {cfg.objective!r} needs group labels but dataset {cfg.dataset!r} has none: "
+            "use a dataset with groups (digits-lt-groups, or an ImageFolder with groups.csv)"
+        )
+
+
+def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
+    return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD)
+
+
+def _finish(trainer: Trainer, kind: str, method: str, data: ImageData, test: ImageData | None,
+            val: ImageData | None = None) -> RunResult:
+    policy = trainer.policy
+    st = trainer.state
+    return RunResult(
+        kind=kind,
+        method=method,
+        classes=list(data.classes),
+        class_counts=[int(c) for c in data.class_counts()],
+        alpha=trainer.loss.per_class(),
+        augmentation=policy_from_module(policy) if isinstance(policy, ClassPolicy) else None,
+        config=trainer.cfg.to_dict(),
+        history=st.history,
+        val_metrics=trainer.evaluate(val).to_dict() if val is not None else None,
+        test_metrics=trainer.evaluate(test).to_dict() if test is not None else None,
+        seconds=st.seconds,
+        hyper_steps=st.hyper_steps,
+        skipped_steps=st.skipped_steps,
+        skipped_hyper_steps=st.skipped_hyper_steps,
+    )
+
+
+class AutoBalance:
+    """Bilevel search of the loss (and augmentation) hyperparameters α.
+
+    >>> result = AutoBalance(Config(epochs=20)).fit(bundle)          # doctest: +SKIP
+    >>> result.alpha["logit_bias"], result.test_metrics["balanced_error"]  # doctest: +SKIP
+    """
+
+    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+        self.cfg = (config or Config()).replace(**overrides)
+        self.cfg.validate()
+        self.trainer: Trainer | None = None
+
+    def build(self, bundle: DatasetBundle, run_dir: str | Path | None = None,
+              callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> tuple[Trainer, ImageData]:
+        """Split, build loss / policy / engine / model and the :class:`Trainer` (without running it)."""
+        cfg = self.cfg
+        train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed)
+        _needs_groups(cfg, train)
+        counts = train.class_counts()
+        sharing = create_sharing(cfg.sharing, counts)
+        loss = create_loss("autobalance", counts, init=cfg.init, learn=cfg.learn, sharing=sharing,
+                           tau=cfg.tau, gamma=cfg.gamma)
+        # a learned policy shares its parameters across classes the same way the loss does
+        policy = (create_policy("learned", train.num_classes, basis=sharing.basis) if cfg.augment == "learned"
+                  else create_policy(cfg.augment, train.num_classes))
+        upper = UpperLevel(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
+        torch.manual_seed(cfg.seed)
+        model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
+        self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+                               upper=upper, test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+        return self.trainer, val
+
+    def fit(self, bundle: DatasetBundle, *, run_dir: str | Path | None = None, resume: bool = False,
+            callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> RunResult:
+        """Run the search; ``model`` replaces the ``cfg.backbone`` model (a timm-style classifier)."""
+        trainer, val = self.build(bundle, run_dir, callbacks, model)
+        trainer.fit(resume=resume)
+        return _finish(trainer, "search", f"autobalance-{self.cfg.init}", bundle.train, bundle.test, val)
+
+
+def fixed_loss_from_alpha(alpha: dict[str, Sequence[float]]) -> ParametricCrossEntropy:
+    """A non-learnable loss with the given per-class vectors (what a retrain uses)."""
+    n = len(alpha["logit_bias"])
+    return ParametricCrossEntropy(
+        n,
+        class_weight=torch.tensor(alpha["class_weight"]) if "class_weight" in alpha else None,
+        logit_bias=torch.tensor(alpha["logit_bias"]),
+        logit_scale=torch.tensor(alpha["logit_scale"]) if "logit_scale" in alpha else None,
+    )
+
+
+def retrain(
+    alpha: dict[str, Sequence[float]] | RunResult,
+    bundle: DatasetBundle,
+    cfg: Config,
+    *,
+    augmentation: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    model: nn.Module | None = None,
+) -> RunResult:
+    """Train a fresh model on the whole training set (search train + validation) with α fixed."""
+    if isinstance(alpha, RunResult):
+        augmentation = augmentation if augmentation is not None else alpha.augmentation
+        alpha = alpha.alpha
+    n = bundle.train.num_classes
+    if len(alpha["logit_bias"]) != n:
+        raise ValueError(
+            f"α has {len(alpha['logit_bias'])} classes but dataset {cfg.dataset!r} has {n}: "
+            "retrain on the dataset the search ran on"
+        )
+    loss = fixed_loss_from_alpha(alpha)
+    if augmentation is not None and cfg.augment == "learned":
+        policy = ClassPolicy(n, augmentation["ops"], learnable=False, crop_flip=bool(augmentation["crop_flip"]))
+        policy.load_per_class(augmentation["per_class"])
+    else:
+        policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, n)
+    torch.manual_seed(cfg.seed)
+    model = model if model is not None else _model(cfg, n, "retrain")
+    trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+                      test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+    trainer.fit(resume=resume)
+    return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test)
+
+
+def train_baseline(
+    name: str,
+    bundle: DatasetBundle,
+    cfg: Config,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    model: nn.Module | None = None,
+) -> RunResult:
+    """Train with a fixed loss of the family (ce, la, cdt, vs, ldam, ldam-drw) on the training set."""
+    counts = bundle.train.class_counts()
+    loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
+    policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, bundle.train.num_classes)
+    torch.manual_seed(cfg.seed)
+    model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
+    t0 = time.perf_counter()
+    trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+                      test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+    trainer.fit(resume=resume)
+    result = _finish(trainer, "baseline", name, bundle.train, bundle.test)
+    result.seconds = result.seconds or time.perf_counter() - t0
+    return result

@@ -1,0 +1,414 @@
+"""Policy file: a versioned JSON document holding the learned loss parameters and per-class augmentation.
+
+Example (``C = 2``)::
+
+    {
+      "version": 1,
+      "classes": ["cat", "dog"],
+      "class_counts": [500, 50],
+      "loss": {"class_weight": [1.0, 1.0], "logit_bias": [0.0, -0.3], "logit_scale": [1.0, 0.6]},
+      "augmentation": {"ops": ["rotate", "flip"], "crop_flip": true,
+                       "per_class": {"rotate": {"probability": [0.5, 0.7], "magnitude": [0.2, 0.4]},
+                                     "flip": {"probability": [0.5, 0.5]}}},
+      "provenance": {"dataset": "...", "backbone": "...", "created": "2025-01-01T00:00:00+00:00"}
+    }
+
+Data only: loading parses JSON (``json.loads``) and validates it; nothing is imported or executed.
+``loss`` holds the effective per-class values of the loss ``w_y · CE(Δ ⊙ z + l, y)``: ``class_weight``
+``w > 0``, ``logit_bias`` ``l`` and ``logit_scale`` ``Δ > 0`` (after the sigmoid when one is used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ._ops import OPS
+from ._policy import ClassPolicy
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LOSS_KEYS",
+    "PolicyFile",
+    "PolicyFileError",
+    "save_policy",
+    "load_policy",
+    "parse_policy",
+    "policy_from_dict",
+    "check_num_classes",
+    "policy_from_module",
+    "policy_to_module",
+    "make_provenance",
+]
+
+FORMAT_VERSION = 1
+LOSS_KEYS: tuple[str, ...] = ("class_weight", "logit_bias", "logit_scale")
+_TOP_KEYS: tuple[str, ...] = ("version", "classes", "class_counts", "loss", "augmentation", "provenance")
+_AUG_KEYS: tuple[str, ...] = ("ops", "per_class", "crop_flip")
+_REEXPORT = "re-export it with `ab-plugin export`"
+
+
+class PolicyFileError(ValueError):
+    """A policy file (or dict) is unreadable or invalid; the one-line message names problem and fix."""
+
+
+@dataclass
+class PolicyFile:
+    """Contents of a policy file (format :data:`FORMAT_VERSION`).
+
+    Attributes:
+        version: format version (:data:`FORMAT_VERSION`).
+        classes: ``C`` class names, unique.
+        class_counts: ``C`` training counts ``n_j >= 0``.
+        loss: ``{"class_weight": [C], "logit_bias": [C], "logit_scale": [C]}`` (``w > 0``, ``l``, ``Δ > 0``).
+        augmentation: ``{"ops": [...], "per_class": ClassPolicy.per_class(), "crop_flip": bool}`` or ``None``.
+        provenance: free-form JSON data: dataset, backbone, epochs, seed, metrics, created, ab_plugin version.
+    """
+
+    version: int
+    classes: list[str]
+    class_counts: list[int]
+    loss: dict[str, list[float]]
+    augmentation: dict[str, Any] | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """``C``."""
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (deep copy)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> PolicyFile:
+        """Validate ``data`` and build a :class:`PolicyFile` (see :func:`policy_from_dict`)."""
+        return policy_from_dict(data, source)
+
+
+# --------------------------------------------------------------------------- validation
+def _err(source: str, problem: str, fix: str = _REEXPORT) -> PolicyFileError:
+    sep = " " if problem.startswith(("has ", "is ")) else ": "
+    return PolicyFileError(f"policy file {source}{sep}{problem}; {fix}")
+
+
+def _as_float(v: Any) -> float | None:
+    """``float(v)`` for a finite int/float (not bool), else ``None``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
+    if not isinstance(v, list):
+        raise _err(source, f"{where} must be a list of {c} numbers, got {type(v).__name__}")
+    if len(v) != c:
+        raise _err(
+            source,
+            f"{where} has {len(v)} values but the file lists {c} classes (class-count mismatch)",
+        )
+    out: list[float] = []
+    for i, item in enumerate(v):
+        f = _as_float(item)
+        if f is None:
+            kind = "a non-finite" if isinstance(item, float) else "a non-numeric"
+            raise _err(
+                source, f"{where}[{i}] is {kind} value ({item!r:.40}); every value must be a finite number"
+            )
+        out.append(f)
+    return out
+
+
+def _check_keys(source: str, where: str, d: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise _err(source, f"{where} is missing key(s) {missing}")
+    extra = sorted(str(k) for k in d if k not in keys)
+    if extra:
+        raise _err(source, f"{where} has unknown key(s) {extra} (expected exactly {list(keys)})")
+
+
+def _check_version(source: str, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise _err(source, f"top level must be a JSON object, got {type(data).__name__}")
+    if "version" not in data:
+        raise PolicyFileError(
+            f"policy file {source} has no version; this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
+        )
+    v = data["version"]
+    if isinstance(v, bool) or not isinstance(v, int) or v != FORMAT_VERSION:
+        raise PolicyFileError(
+            f"policy file {source} has version {v!r:.40}; "
+            f"this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
+        )
+
+
+def _validate_augmentation(source: str, aug: Any, c: int) -> dict[str, Any] | None:
+    if aug is None:
+        return None
+    if not isinstance(aug, dict):
+        raise _err(source, f"augmentation must be an object or null, got {type(aug).__name__}")
+    _check_keys(source, "augmentation", aug, _AUG_KEYS)
+    ops = aug["ops"]
+    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+        raise _err(source, "augmentation.ops must be a list of op names")
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        raise _err(source, f"augmentation.ops has unknown op(s) {unknown}", f"known ops are {sorted(OPS)}")
+    if len(set(ops)) != len(ops):
+        raise _err(source, f"augmentation.ops lists an op twice: {ops}")
+    if not isinstance(aug["crop_flip"], bool):
+        raise _err(source, "augmentation.crop_flip must be true or false")
+    per_class = aug["per_class"]
+    if not isinstance(per_class, dict):
+        raise _err(source, "augmentation.per_class must be an object {op: {probability, magnitude}}")
+    if set(per_class) != set(ops):
+        raise _err(source, f"augmentation.per_class has ops {sorted(per_class)} but ops lists {sorted(ops)}")
+    out_pc: dict[str, dict[str, list[float]]] = {}
+    for op in ops:
+        entry = per_class[op]
+        where = f"augmentation.per_class.{op}"
+        if not isinstance(entry, dict):
+            raise _err(source, f"{where} must be an object")
+        keys = ("probability", "magnitude") if OPS[op].has_magnitude else ("probability",)
+        _check_keys(source, where, entry, keys)
+        out_pc[op] = {}
+        for k in keys:
+            vals = _float_list(source, f"{where}.{k}", entry[k], c)
+            bad = [i for i, f in enumerate(vals) if not 0.0 <= f <= 1.0]
+            if bad:
+                raise _err(
+                    source,
+                    f"{where}.{k}[{bad[0]}] = {vals[bad[0]]!r} is outside [0, 1]; "
+                    "probabilities and magnitudes are fractions",
+                )
+            out_pc[op][k] = vals
+    return {"ops": list(ops), "per_class": out_pc, "crop_flip": aug["crop_flip"]}
+
+
+def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
+    """Validate a decoded policy document and build a :class:`PolicyFile`.
+
+    Numbers are normalised (``class_weight`` etc. become floats); the input is not modified.
+
+    Args:
+        data: decoded JSON (``dict``).
+        source: name used in error messages (a path or zoo name).
+
+    Raises:
+        PolicyFileError: anything invalid (wrong version, missing keys, class-count mismatch, non-finite or
+            non-numeric values, fractions outside ``[0, 1]``, ``class_weight <= 0`` or ``logit_scale <= 0``).
+    """
+    _check_version(source, data)
+    _check_keys(source, "top level", data, _TOP_KEYS)
+    classes = data["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(n, str) and n for n in classes):
+        raise _err(source, "classes must be a non-empty list of non-empty class names")
+    if len(set(classes)) != len(classes):
+        dup = sorted(n for n, k in Counter(classes).items() if k > 1)
+        raise _err(source, f"classes has duplicate names {dup[:5]}")
+    c = len(classes)
+    counts = data["class_counts"]
+    if not isinstance(counts, list) or len(counts) != c:
+        n = len(counts) if isinstance(counts, list) else type(counts).__name__
+        raise _err(
+            source, f"class_counts has {n} entries but the file lists {c} classes (class-count mismatch)"
+        )
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        raise _err(source, "class_counts must be non-negative integers")
+    loss = data["loss"]
+    if not isinstance(loss, dict):
+        raise _err(source, f"loss must be an object with keys {list(LOSS_KEYS)}")
+    _check_keys(source, "loss", loss, LOSS_KEYS)
+    loss_out = {k: _float_list(source, f"loss.{k}", loss[k], c) for k in LOSS_KEYS}
+    for k in ("class_weight", "logit_scale"):
+        bad = [i for i, f in enumerate(loss_out[k]) if not f > 0.0]
+        if bad:
+            raise _err(source, f"loss.{k}[{bad[0]}] = {loss_out[k][bad[0]]!r} but {k} must be > 0")
+    aug = _validate_augmentation(source, data["augmentation"], c)
+    prov = data["provenance"]
+    if not isinstance(prov, dict):
+        raise _err(source, f"provenance must be an object, got {type(prov).__name__}")
+    try:  # free-form, but JSON data only
+        prov = json.loads(json.dumps(prov, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise _err(source, f"provenance is not plain JSON data ({str(e)[:80]})") from None
+    return PolicyFile(
+        version=FORMAT_VERSION,
+        classes=list(classes),
+        class_counts=list(counts),
+        loss=loss_out,
+        augmentation=aug,
+        provenance=prov,
+    )
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def parse_policy(text: str | bytes, source: str = "<string>") -> PolicyFile:
+    """Parse and validate a policy document from JSON text.
+
+    Raises:
+        PolicyFileError: malformed or truncated JSON, non-finite numbers (``NaN``, ``Infinity``) or any
+            validation error of :func:`policy_from_dict`.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise _err(source, f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise _err(
+            source,
+            f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; truncated or hand-edited?)",
+        ) from None
+    except RecursionError:
+        raise _err(source, "is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # parse_constant, oversized integers
+        raise _err(source, f"is not valid policy JSON ({str(e).splitlines()[0][:80]})") from None
+    return policy_from_dict(data, source)
+
+
+def _json_text(policy: PolicyFile) -> str:
+    return json.dumps(policy.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def save_policy(path: str | os.PathLike[str], policy: PolicyFile) -> None:
+    """Validate ``policy`` and write it as JSON, atomically (temp file in the same folder + ``os.replace``).
+
+    Floats are written with ``repr`` (shortest round-trip form), so :func:`load_policy` reads back exactly
+    the same values.
+
+    Raises:
+        PolicyFileError: the policy is invalid (nothing is written).
+    """
+    path = Path(path)
+    checked = policy_from_dict(policy.to_dict(), str(path))
+    text = _json_text(checked)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_policy(
+    path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathLike[str] | None = None
+) -> PolicyFile:
+    """Load and validate a policy file by path, or a zoo entry by name (``"cifar10-lt_100_resnet32"``).
+
+    A string that names an existing file, ends in ``.json`` or contains a path separator is a path;
+    anything else is looked up in the zoo (``zoo_dir``, else ``$AB_PLUGIN_ZOO``, else the packaged zoo).
+
+    Raises:
+        PolicyFileError: no such file / zoo entry, unreadable, or invalid (see :func:`parse_policy`).
+    """
+    from ._zoo import list_zoo, zoo_path
+
+    p = Path(path_or_name)
+    s = os.fspath(path_or_name)
+    if "\0" in s:
+        raise PolicyFileError(f"policy path {s!r:.80} contains a NUL character; pass a file path or zoo name")
+    is_path = p.is_file() or p.suffix == ".json" or os.sep in s or (os.altsep is not None and os.altsep in s)
+    if not is_path:
+        candidate = zoo_path(s, zoo_dir)
+        if not candidate.is_file():
+            names = list_zoo(zoo_dir)
+            have = ", ".join(names) if names else "none yet"
+            raise PolicyFileError(
+                f"no policy file or zoo entry named {s!r}; pass a path to a .json file or one of the zoo "
+                f"names ({have})"
+            )
+        p = candidate
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise PolicyFileError(f"policy file {s} does not exist; check the path or export one") from None
+    except OSError as e:
+        raise PolicyFileError(f"policy file {s} cannot be read ({e.strerror}); check the path") from None
+    return parse_policy(raw, str(p))
+
+
+def check_num_classes(policy: PolicyFile, num_classes: int) -> None:
+    """Raise :class:`PolicyFileError` unless the policy has ``num_classes`` classes."""
+    if policy.num_classes != int(num_classes):
+        raise PolicyFileError(
+            f"policy has {policy.num_classes} classes but the dataset has {int(num_classes)}; "
+            "use a policy exported for this dataset"
+        )
+
+
+def policy_from_module(policy_module: ClassPolicy) -> dict[str, Any]:
+    """The ``augmentation`` section for a :class:`ClassPolicy`: ``{"ops", "per_class", "crop_flip"}``."""
+    return {
+        "ops": list(policy_module.ops),
+        "per_class": policy_module.per_class(),
+        "crop_flip": bool(policy_module.crop_flip),
+    }
+
+
+def policy_to_module(policy: PolicyFile, *, learnable: bool = False, **kw: Any) -> ClassPolicy | None:
+    """Build a :class:`ClassPolicy` (identity basis) holding the file's per-class augmentation.
+
+    Exact: ``policy_from_module(policy_to_module(pf))`` equals ``pf.augmentation`` when it was exported
+    from a float32 module.
+
+    Args:
+        policy: a validated policy file.
+        learnable: make the loaded parameters learnable (e.g. to continue a search).
+        **kw: forwarded to :class:`ClassPolicy` (e.g. ``temperature``, ``padding``).
+
+    Returns:
+        the module, or ``None`` when the file has no augmentation section.
+    """
+    aug = policy.augmentation
+    if aug is None:
+        return None
+    module = ClassPolicy(
+        policy.num_classes, aug["ops"], learnable=learnable, crop_flip=bool(aug["crop_flip"]), **kw
+    )
+    try:
+        module.load_per_class(aug["per_class"])
+    except ValueError as e:
+        raise PolicyFileError(f"policy augmentation does not fit a ClassPolicy ({e}); {_REEXPORT}") from None
+    return module
+
+
+def make_provenance(**fields: Any) -> dict[str, Any]:
+    """Provenance dict with ``created`` (ISO 8601, UTC) and ``ab_plugin`` version filled in, plus ``fields``
+    (dataset, backbone, epochs, seed, val/test metrics, ...)."""
+    try:
+        from importlib.metadata import version
+
+        ver = version("ab-plugin")
+    except Exception:  # not installed
+        ver = "unknown"
+    out: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ab_plugin": ver,
+    }
+    out.update(fields)
+    return out

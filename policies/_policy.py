@@ -1,0 +1,457 @@
+"""Class-conditional differentiable augmentation policy ``A_y`` (the PDA part of AutoBalance)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import _ops
+from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
+
+__all__ = ["ClassPolicy", "create_policy", "DEFAULT_OPS", "POLICY_KINDS", "LOGIT_LIMIT"]
+
+DEFAULT_OPS: tuple[str, ...] = (
+    "translate",
+    "rotate",
+    "shear",
+    "scale",
+    "brightness",
+    "contrast",
+    "saturation",
+    "cutout",
+)
+"""Default learned ops. ``flip`` is left out because ``crop_flip`` already flips with probability 0.5."""
+
+POLICY_KINDS: tuple[str, ...] = ("learned", "fixed", "none")
+
+LOGIT_LIMIT: float = 120.0
+"""Raw logits are clamped to ``±LOGIT_LIMIT`` when loaded; ``sigmoid(±120)`` is exactly 1 / 0 in float32."""
+
+_NOISE_EPS = 1e-7
+
+_COLOR_FNS = {
+    "brightness": _ops.adjust_brightness,
+    "contrast": _ops.adjust_contrast,
+    "saturation": _ops.adjust_saturation,
+}
+
+
+def _exact_logit(p: Tensor) -> Tensor:
+    """Float logits ``z`` (dtype of ``p``) with ``sigmoid(z) == p`` bit for bit wherever reachable.
+
+    Starts from the float64 logit and walks by one ulp (``nextafter``) until ``torch.sigmoid`` in
+    ``p``'s dtype reproduces ``p``; so ``sigmoid`` values exported from a module load back exactly.
+    ``p = 0`` / ``1`` map to ``∓LOGIT_LIMIT``. ``p`` must be the full ``[C, n]`` matrix the module
+    evaluates, so that the same elementwise kernel path is used on both sides.
+
+    Args:
+        p: ``[C, n]`` probabilities in ``[0, 1]``.
+
+    Returns:
+        ``[C, n]`` logits, same dtype as ``p``.
+    """
+    z = torch.logit(p.double()).clamp(-LOGIT_LIMIT, LOGIT_LIMIT).to(p.dtype)
+    up = torch.full_like(z, math.inf)
+    down = torch.full_like(z, -math.inf)
+    for _ in range(64):
+        s = torch.sigmoid(z)
+        low, high = s < p, s > p
+        if not bool((low | high).any()):
+            break
+        z = torch.where(low, torch.nextafter(z, up), torch.where(high, torch.nextafter(z, down), z))
+    return z
+
+
+class ClassPolicy(nn.Module):
+    """Per-class differentiable augmentation policy: image ``x`` of class ``y`` gets ``A_y(x)``.
+
+    Every op ``o`` has, per class ``c``, a probability ``p[c, o] = sigmoid((D @ probability_logit)[c, o])``
+    and (except ``flip``) a magnitude ``m[c, o] = sigmoid((D @ magnitude_logit)[c, o])``, both in
+    ``(0, 1)``; ``D`` is the sharing basis ``[C, k]`` (identity when ``basis=None``). The magnitude maps
+    to a physical range per op (see :data:`ab_plugin.policies.OPS`: rotate up to 30 degrees,
+    translate up to 0.3 of the image size, brightness/contrast/saturation factors ``1 ± 0.5 m``,
+    shear factor up to 0.3, zoom ``1 ± 0.3 m``, cutout square up to half the shorter side).
+
+    Differentiability (as kornia's ``OperationBase``, but class-conditional and batched):
+
+    - magnitudes are reparameterised: a random sign / direction / position is drawn per image as
+      non-differentiable noise and the magnitude scales it;
+    - whether an op fires is a straight-through relaxed Bernoulli gate: exactly 0/1 forward, the
+      gradient of ``sigmoid((logit p + logit u) / temperature)`` backward, so ``probability_logit``
+      gets a gradient (:func:`ab_plugin.policies._ops.relaxed_bernoulli_gate`).
+
+    Application order, whatever the order of ``ops``: the standard CIFAR crop (zero pad
+    ``padding``) and flip when ``crop_flip`` (not learned, exact pixel copies); one bilinear affine
+    warp composing scale, shear, rotate, translate, flip; brightness, contrast, saturation; cutout.
+
+    Args:
+        num_classes: number of classes ``C``.
+        ops: op names (subset of :data:`~ab_plugin.policies.OPS`), in parameter-column order.
+        basis: optional sharing matrix ``D`` ``[C, k]`` (e.g. one-hot frequency groups or frequency
+            features); ``None`` is the identity (one free value per class).
+        init_probability: initial per-class probability of every op, in ``(0, 1)``.
+        init_magnitude: initial per-class magnitude of every op, in ``(0, 1)``.
+        learnable: raw logits are ``nn.Parameter`` (else buffers, :meth:`hparameters` is empty).
+        crop_flip: apply the standard random crop + horizontal flip first.
+        temperature: relaxed Bernoulli temperature (> 0).
+        padding: zero padding of the random crop, in pixels.
+
+    Attributes:
+        probability_logit: ``[k, n_ops]`` raw probability logits.
+        magnitude_logit: ``[k, n_magnitude_ops]`` raw magnitude logits (ops with a magnitude only, in
+            ``ops`` order; ``flip`` has none).
+    """
+
+    probability_logit: Tensor
+    magnitude_logit: Tensor
+    basis: Tensor | None
+    temperature: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        ops: Sequence[str] = DEFAULT_OPS,
+        *,
+        basis: Tensor | None = None,
+        init_probability: float = 0.5,
+        init_magnitude: float = 0.3,
+        learnable: bool = True,
+        crop_flip: bool = True,
+        temperature: float = 0.1,
+        padding: int = 4,
+    ) -> None:
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        ops = tuple(ops) if not isinstance(ops, str) else (ops,)
+        unknown = [op for op in ops if op not in OPS]
+        if unknown:
+            raise ValueError(f"unknown augmentation op(s) {unknown}; choose from {sorted(OPS)}")
+        if len(set(ops)) != len(ops):
+            raise ValueError(f"augmentation ops must be unique, got {list(ops)}")
+        for name, v in (("init_probability", init_probability), ("init_magnitude", init_magnitude)):
+            if not 0.0 < float(v) < 1.0:
+                raise ValueError(f"{name} must be in the open interval (0, 1), got {v}")
+        if not float(temperature) > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if int(padding) < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        self.num_classes = int(num_classes)
+        self.ops: tuple[str, ...] = ops
+        self.magnitude_ops: tuple[str, ...] = tuple(op for op in ops if OPS[op].has_magnitude)
+        self.learnable = bool(learnable)
+        self.crop_flip = bool(crop_flip)
+        self.padding = int(padding)
+        self._op_index = {op: i for i, op in enumerate(self.ops)}
+        self._mag_index = {op: i for i, op in enumerate(self.magnitude_ops)}
+
+        if basis is not None:
+            basis = torch.as_tensor(basis).detach().to(torch.float32)
+            if basis.ndim != 2 or basis.shape[0] != self.num_classes or basis.shape[1] < 1:
+                raise ValueError(
+                    f"basis must be a [num_classes={self.num_classes}, k] matrix, "
+                    f"got shape {tuple(basis.shape)}"
+                )
+            if not bool(torch.isfinite(basis).all()):
+                raise ValueError("basis contains non-finite values")
+            basis = basis.contiguous()
+        self.register_buffer("basis", basis)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+        c = self.num_classes
+        prob = self._fit(torch.full((c, len(self.ops)), float(init_probability), dtype=torch.float32))
+        mag = self._fit(torch.full((c, len(self.magnitude_ops)), float(init_magnitude), dtype=torch.float32))
+        if self.learnable:
+            self.probability_logit = nn.Parameter(prob)
+            self.magnitude_logit = nn.Parameter(mag)
+        else:
+            self.register_buffer("probability_logit", prob)
+            self.register_buffer("magnitude_logit", mag)
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def num_basis(self) -> int:
+        """Number of raw rows ``k`` (``C`` for the identity basis)."""
+        return self.num_classes if self.basis is None else int(self.basis.shape[1])
+
+    def has_identity_basis(self) -> bool:
+        """Whether ``D`` is the identity (``basis=None`` or an explicit ``eye(C)``)."""
+        b = self.basis
+        if b is None:
+            return True
+        return b.shape[0] == b.shape[1] and bool(
+            torch.equal(b, torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
+        )
+
+    def _expand(self, raw: Tensor) -> Tensor:
+        """``D @ raw``: ``[k, n]`` raw values -> ``[C, n]`` per-class logits."""
+        if self.basis is None:
+            return raw
+        return self.basis.to(raw.dtype) @ raw
+
+    def _fit(self, target: Tensor) -> Tensor:
+        """Raw ``[k, n]`` logits whose per-class sigmoid is ``target`` ``[C, n]``.
+
+        Exact for the identity basis, least squares in logit space otherwise."""
+        if self.has_identity_basis():
+            return _exact_logit(target)
+        assert self.basis is not None
+        z = torch.logit(target.double().clamp(1e-6, 1.0 - 1e-6))
+        if z.shape[1] == 0:
+            return torch.zeros(self.basis.shape[1], 0, dtype=target.dtype, device=target.device)
+        sol = torch.linalg.lstsq(self.basis.double().cpu(), z.cpu()).solution
+        return sol.to(dtype=target.dtype, device=target.device)
+
+    @property
+    def probability(self) -> Tensor:
+        """``[C, n_ops]`` per-class op probabilities in ``(0, 1)`` (differentiable)."""
+        return torch.sigmoid(self._expand(self.probability_logit))
+
+    @property
+    def magnitude(self) -> Tensor:
+        """``[C, n_magnitude_ops]`` per-class magnitudes in ``(0, 1)`` (differentiable)."""
+        return torch.sigmoid(self._expand(self.magnitude_logit))
+
+    def hparameters(self) -> list[nn.Parameter]:
+        """Learnable raw parameters (for the upper-level optimizer); empty when ``learnable=False``."""
+        out: list[nn.Parameter] = []
+        for p in (self.probability_logit, self.magnitude_logit):
+            if isinstance(p, nn.Parameter) and p.numel() > 0:
+                out.append(p)
+        return out
+
+    def per_class(self) -> dict[str, dict[str, list[float]]]:
+        """Expanded per-class values, ``{op: {"probability": [C], "magnitude": [C]}}`` (no ``magnitude`` for
+        ``flip``); plain Python floats, the format of a policy file's ``augmentation.per_class``."""
+        with torch.no_grad():
+            prob = self.probability.detach().cpu().tolist()
+            mag = self.magnitude.detach().cpu().tolist()
+        out: dict[str, dict[str, list[float]]] = {}
+        for op in self.ops:
+            i = self._op_index[op]
+            entry = {"probability": [float(row[i]) for row in prob]}
+            if op in self._mag_index:
+                j = self._mag_index[op]
+                entry["magnitude"] = [float(row[j]) for row in mag]
+            out[op] = entry
+        return out
+
+    def load_per_class(self, per_class: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
+        """Set the raw parameters from :meth:`per_class` output.
+
+        Exact inverse for the identity basis (``per_class()`` afterwards returns the same floats, when the
+        values came from a module of the same dtype); for another basis the raw values are the least-squares
+        fit in logit space (values clamped to ``[1e-6, 1 - 1e-6]``).
+
+        Args:
+            per_class: ``{op: {"probability": [C], "magnitude": [C]}}`` for exactly this policy's ops.
+
+        Raises:
+            ValueError: ops or lengths do not match, values outside ``[0, 1]`` or not finite.
+        """
+        if set(per_class) != set(self.ops):
+            raise ValueError(
+                f"per-class policy has ops {sorted(per_class)} but this ClassPolicy has {sorted(self.ops)}"
+            )
+        c = self.num_classes
+
+        def column(op: str, key: str) -> list[float]:
+            vals = per_class[op].get(key)
+            if vals is None or len(vals) != c:
+                n = "missing" if vals is None else f"length {len(vals)}"
+                raise ValueError(f"per-class {op}.{key} is {n}; expected {c} values (one per class)")
+            out = [float(v) for v in vals]
+            if not all(0.0 <= v <= 1.0 for v in out):  # also rejects NaN
+                raise ValueError(f"per-class {op}.{key} must lie in [0, 1]")
+            return out
+
+        def matrix(rows: list[list[float]], like: Tensor) -> Tensor:
+            t = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), c).T
+            return t.to(dtype=like.dtype, device=like.device).contiguous()
+
+        prob_rows = [column(op, "probability") for op in self.ops]
+        mag_rows = [column(op, "magnitude") for op in self.magnitude_ops]
+        with torch.no_grad():
+            pl, ml = self.probability_logit, self.magnitude_logit
+            pl.copy_(self._fit(matrix(prob_rows, pl)))
+            ml.copy_(self._fit(matrix(mag_rows, ml)))
+
+    # ----------------------------------------------------------------- sampling
+    def sample_params(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw all random quantities for one batch (nothing depends on the learnable parameters).
+
+        Args:
+            x: ``[B, C, H, W]`` batch (only its size and device are used).
+            y: ``[B]`` labels (unused by the draws; kept so the signature matches :meth:`forward`).
+            generator: optional ``torch.Generator``; draws happen on its device, then move to ``x.device``.
+
+        Returns:
+            dict of tensors on ``x.device``:
+            ``crop_offset`` ``[B, 2]`` int64 (top, left) in ``[0, 2 padding]`` and ``crop_flip`` ``[B]`` bool
+            (when ``crop_flip``); ``gate_noise`` ``[B, n_ops]`` uniform in ``(0, 1)``; ``sign`` ``[B, n_ops]``
+            ``±1.0``; ``translate_direction`` ``[B, 2]`` unit vectors; ``shear_axis`` ``[B]`` bool (True: x);
+            ``cutout_center`` ``[B, 2]`` centre ``(x, y)`` as a fraction of ``(W, H)`` in ``[0, 1)``.
+        """
+        del y
+        b = int(x.shape[0])
+        dev = generator.device if generator is not None else x.device
+        kw: dict[str, Any] = {"generator": generator, "device": dev}
+        p: dict[str, Tensor] = {}
+        if self.crop_flip:
+            p["crop_offset"] = torch.randint(0, 2 * self.padding + 1, (b, 2), dtype=torch.long, **kw)
+            p["crop_flip"] = torch.rand(b, **kw) < 0.5
+        n = len(self.ops)
+        if n:
+            p["gate_noise"] = torch.rand(b, n, **kw).clamp_(_NOISE_EPS, 1.0 - _NOISE_EPS)
+            p["sign"] = torch.where(torch.rand(b, n, **kw) < 0.5, -1.0, 1.0)
+        if "translate" in self.ops:
+            phi = torch.rand(b, **kw) * (2.0 * math.pi)
+            p["translate_direction"] = torch.stack([torch.cos(phi), torch.sin(phi)], -1)
+        if "shear" in self.ops:
+            p["shear_axis"] = torch.rand(b, **kw) < 0.5
+        if "cutout" in self.ops:
+            p["cutout_center"] = torch.rand(b, 2, **kw)
+        return {k: v.to(x.device) for k, v in p.items()}
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, y: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Augment each image with its own class's policy.
+
+        Args:
+            x: ``[B, 3, H, W]`` float images in ``[0, 1]`` on the module's device.
+            y: ``[B]`` int64 labels in ``[0, C)``.
+            params: draws from :meth:`sample_params` to replay (same ``params`` and parameters give the same
+                output, bitwise on CPU); sampled fresh when ``None``.
+
+        Returns:
+            ``[B, 3, H, W]`` augmented images, differentiable w.r.t. ``x``, ``probability_logit`` and
+            ``magnitude_logit``.
+        """
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"x must be a float [B, C, H, W] batch, got {x.dtype} {tuple(x.shape)}")
+        y = torch.as_tensor(y, device=x.device)
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+            raise ValueError(f"y must be integer labels [B={x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got {int(y.min())}..{int(y.max())}"
+            )
+        if x.shape[1] != 3 and any(OPS[op].kind == "color" for op in self.ops):
+            raise ValueError(f"colour ops need RGB images [B, 3, H, W], got {x.shape[1]} channels")
+        if params is None:
+            params = self.sample_params(x, y)
+
+        out = x
+        if self.crop_flip:
+            out = _ops.crop_flip(out, params["crop_offset"], params["crop_flip"], self.padding)
+        if not self.ops:
+            return out
+
+        dtype = x.dtype
+        b, _, h, w = x.shape
+        y = y.long()
+        gate = _ops.relaxed_bernoulli_gate(
+            self._expand(self.probability_logit).to(dtype)[y],
+            params["gate_noise"],
+            self.temperature.to(dtype),
+        )  # [B, n_ops], exactly 0/1 forward
+        mag = torch.sigmoid(self._expand(self.magnitude_logit)).to(dtype)[y]  # [B, n_mag]
+        sign = params["sign"].to(dtype)
+
+        def g(op: str) -> Tensor:
+            return gate[:, self._op_index[op]]
+
+        def m(op: str) -> Tensor:
+            return mag[:, self._mag_index[op]]
+
+        def signed(op: str) -> Tensor:
+            return sign[:, self._op_index[op]] * m(op) * OPS[op].max_value
+
+        geo = [op for op in GEOMETRIC_OPS if op in self._op_index]
+        if geo:
+            mat = torch.eye(3, dtype=dtype, device=x.device).expand(b, 3, 3)
+            for op in geo:
+                if op == "scale":
+                    a = _ops.scale_matrix(1.0 + signed(op))
+                elif op == "shear":
+                    k = signed(op)
+                    axis = params["shear_axis"]
+                    a = _ops.shear_matrix(torch.where(axis, k, 0.0), torch.where(axis, 0.0, k))
+                elif op == "rotate":
+                    a = _ops.rotate_matrix(_ops.deg2rad(signed(op)))
+                elif op == "translate":
+                    size = torch.tensor([float(w), float(h)], dtype=dtype, device=x.device)
+                    shift = (
+                        params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
+                    )
+                    a = _ops.translate_matrix(shift)
+                else:  # flip
+                    a = _ops.flip_matrix(b, out)
+                mat = _ops.matmul3(_ops.blend_matrix(a, g(op)), mat)
+            warped = _ops.warp_affine(out, mat)
+            applied = (gate[:, [self._op_index[op] for op in geo]] > 0.5).any(dim=1)
+            # rows without a geometric op keep their pixels exactly; the identity warp still carries the
+            # straight-through gradient to the gates
+            keep = out.detach() + (warped - warped.detach()) if torch.is_grad_enabled() else out
+            out = torch.where(applied[:, None, None, None], warped, keep)
+
+        for op in COLOR_OPS:
+            if op in self._op_index:
+                new = _COLOR_FNS[op](out, 1.0 + signed(op))
+                out = torch.lerp(out, new, g(op)[:, None, None, None])  # exact at gate 0 / 1
+
+        if "cutout" in self._op_index:
+            side = m("cutout") * (OPS["cutout"].max_value * min(h, w))
+            center = params["cutout_center"].to(dtype) * torch.tensor(
+                [float(w), float(h)], dtype=dtype, device=x.device
+            )
+            new = _ops.soft_cutout(out, center, side)
+            out = torch.lerp(out, new, g("cutout")[:, None, None, None])
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, ops={list(self.ops)}, basis_rank={self.num_basis}, "
+            f"learnable={self.learnable}, crop_flip={self.crop_flip}, temperature={float(self.temperature):g}"
+        )
+
+
+def create_policy(
+    kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any
+) -> ClassPolicy | None:
+    """Create an augmentation policy by kind.
+
+    Args:
+        kind: ``"learned"`` (learnable :class:`ClassPolicy`), ``"fixed"`` (the standard CIFAR random crop
+            with 4 px zero padding + horizontal flip, no parameters) or ``"none"`` (no augmentation).
+        num_classes: number of classes ``C``.
+        basis: optional ``[C, k]`` sharing matrix for ``"learned"``.
+        **kw: forwarded to :class:`ClassPolicy` (``"learned"``; ``"fixed"`` accepts ``padding`` only).
+
+    Returns:
+        a module ``policy(x, y) -> x`` or ``None`` for ``"none"`` (callers skip augmentation).
+
+    Raises:
+        ValueError: unknown kind (the message lists the choices) or options that do not apply.
+    """
+    if kind == "learned":
+        kw.setdefault("learnable", True)
+        return ClassPolicy(num_classes, basis=basis, **kw)
+    if kind == "fixed":
+        extra = sorted(set(kw) - {"padding"})
+        if extra or basis is not None:
+            raise ValueError(
+                f"policy kind 'fixed' takes no options besides padding, got {extra or ['basis']}"
+            )
+        return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
+    if kind == "none":
+        return None
+    raise ValueError(
+        f"unknown policy kind {kind!r}; choose one of {', '.join(repr(k) for k in POLICY_KINDS)}"
+    )

@@ -1,0 +1,114 @@
+"""The real `ab-plugin` CLI on the embedded digits-lt data (click's CliRunner and a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ab_plugin.cli import main
+
+SMALL = ["--backbone", "resnet20", "--epochs", "3", "--batch-size", "64", "--interval", "2", "--upper-start", "0.34",
+         "--device", "cpu", "--quiet"]
+
+
+def _run(args, code=0):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == code, res.output + str(res.stderr if hasattr(res, "stderr") else "")
+    return res
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = _run(["search", *SMALL, "--out", str(out), "--format", "json", "--compare", "ce"])
+    return out, json.loads(res.stdout)
+
+
+def test_search_writes_a_complete_run_folder(search_run):
+    out, summary = search_run
+    for name in ("config.yaml", "result.json", "policy.json", "per_class_error.png", "alpha_vs_frequency.png",
+                 "alpha_trajectory.png", "search/metrics.jsonl", "search/checkpoint.pt", "retrain/result.json",
+                 "baseline-ce/result.json"):
+        assert (out / name).exists(), name
+    assert 0 <= summary["balanced_error"] <= 1
+    assert set(summary["alpha"]) == {"class_weight", "logit_bias", "logit_scale"}
+    assert len(summary["alpha"]["logit_bias"]) == 10
+    lines = (out / "search" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "val" in json.loads(lines[0])
+
+
+def test_export_show_and_evaluate(search_run, tmp_path):
+    out, _ = search_run
+    pf = tmp_path / "p.json"
+    _run(["export", str(out), "-o", str(pf)])
+    data = json.loads(pf.read_text())
+    assert data["version"] == 1 and len(data["classes"]) == 10
+    res = _run(["show", str(pf), "--format", "json"])
+    assert json.loads(res.stdout)["loss"]["logit_bias"] == data["loss"]["logit_bias"]
+    res = _run(["evaluate", str(out), "--format", "json"])
+    ev = json.loads(res.stdout)
+    assert ev["stage"] == "retrain"
+    assert ev["balanced_error"] == pytest.approx(json.loads((out / "result.json").read_text())["balanced_error"])
+
+
+def test_finished_run_folder_is_refused_without_overwrite(search_run):
+    out, _ = search_run
+    res = CliRunner().invoke(main, ["search", *SMALL, "--epochs", "4", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "already holds a different run" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--backbone", "resnet33"], "unknown --backbone 'resnet33'"),
+        (["--dataset", "mnist-lt"], "unknown --dataset 'mnist-lt'"),
+        (["--imbalance", "0.5"], "--imbalance must be >= 1"),
+        (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+        (["--engine", "magic"], "unknown --engine 'magic'"),
+        (["--dataset", "imagefolder:/nonexistent/x"], "/nonexistent/x"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, args, msg):
+    res = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.output
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nbackbone: resnet20\nbatch_size: 64\nupper_start: 0.0\ninterval: 3\n")
+    out = tmp_path / "r"
+    _run(["search", "--config", str(cfg), "--seed", "3", "--out", str(out), "--no-retrain", "--quiet",
+          "--device", "cpu"])
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["seed"] == 3 and saved["interval"] == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    res = CliRunner().invoke(main, ["search", "--config", str(bad), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "unknown config keys ['epochz']" in res.output
+
+
+def test_baseline_command_and_subprocess_entry_point(tmp_path):
+    out = tmp_path / "la"
+    res = subprocess.run([sys.executable, "-m", "ab_plugin.cli", "baseline", "la", *SMALL, "--epochs", "1",
+                          "--out", str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["final"] == "baseline-la"
+    assert (out / "baseline-la" / "checkpoint.pt").exists()
+
+
+def test_help_has_examples():
+    for cmd in ("search", "baseline", "retrain", "evaluate", "export", "show"):
+        res = _run([cmd, "--help"])
+        assert "Usage" in res.output
+    assert "Examples" in _run(["search", "--help"]).output

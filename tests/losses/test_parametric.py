@@ -1,0 +1,152 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ab_plugin.losses import (
+    ParametricCrossEntropy,
+    Sharing,
+    cdt_scale,
+    create_loss,
+    create_sharing,
+    frequency_dictionary,
+    frequency_groups,
+    la_bias,
+    parametric_cross_entropy,
+)
+
+COUNTS = [500, 200, 80, 30, 10, 4]
+
+
+def _batch(seed=0, n=32, c=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g), torch.randint(0, c, (n,), generator=g)
+
+
+def test_ce_equals_torch_cross_entropy():
+    z, y = _batch()
+    assert torch.allclose(create_loss("ce", COUNTS)(z, y), F.cross_entropy(z, y), atol=1e-6)
+
+
+def test_la_equals_logit_adjusted_loss():
+    z, y = _batch()
+    tau = 1.5
+    prior = torch.tensor(COUNTS, dtype=torch.float64)
+    expected = F.cross_entropy(z + tau * (prior / prior.sum()).log().float(), y)
+    assert torch.allclose(create_loss("la", COUNTS, tau=tau)(z, y), expected, atol=1e-5)
+    # autobalance with LA init starts exactly at the LA loss
+    ab = create_loss("autobalance", COUNTS, init="la", tau=tau, learn=("logit_bias",))
+    assert torch.allclose(ab(z, y), expected, atol=1e-5)
+
+
+def test_cdt_scales_logits():
+    z, y = _batch()
+    delta = cdt_scale(COUNTS, 0.3)
+    got = create_loss("cdt", COUNTS, gamma=0.3)(z, y)
+    assert torch.allclose(got, F.cross_entropy(z * delta, y), atol=1e-3)
+
+
+def test_weights_and_soft_targets_reduce_to_hard_labels():
+    z, y = _batch()
+    w = torch.rand(6) + 0.5
+    lb, ls = torch.randn(6), torch.rand(6)
+    hard = parametric_cross_entropy(z, y, w, lb, ls)
+    soft = parametric_cross_entropy(z, F.one_hot(y, 6).float(), w, lb, ls)
+    assert torch.allclose(hard, soft, atol=1e-6)
+    manual = (w[y] * F.cross_entropy(ls * z + lb, y, reduction="none")).mean()
+    assert torch.allclose(hard, manual, atol=1e-6)
+
+
+def test_soft_targets_mix_per_class_terms():
+    z, y = _batch(n=4)
+    t = torch.full((4, 6), 0.1)
+    t[:, 0] = 0.5
+    w = torch.arange(1.0, 7.0)
+    got = parametric_cross_entropy(z, t, class_weight=w)
+    expected = (-(t * w * F.log_softmax(z, 1)).sum(1)).mean()
+    assert torch.allclose(got, expected)
+
+
+def test_ldam_margin_only_on_true_class():
+    z, y = _batch()
+    loss = create_loss("ldam", COUNTS, ldam_scale=1.0)
+    m = loss.margin
+    expected = F.cross_entropy(z - F.one_hot(y, 6) * m, y)
+    assert torch.allclose(loss(z, y), expected, atol=1e-6)
+    assert m[-1] > m[0]  # rare classes get larger margins
+
+
+def test_ldam_drw_switches_weights_late():
+    z, y = _batch()
+    loss = create_loss("ldam-drw", COUNTS, drw_from=0.5)
+    loss.set_progress(0.1)
+    early = loss(z, y)
+    loss.set_progress(0.9)
+    late = loss(z, y)
+    assert not torch.allclose(early, late)
+
+
+@pytest.mark.parametrize("spec", ["poly:6", "hat:6", "groups:6"])
+def test_full_rank_bases_reproduce_per_class(spec):
+    sharing = create_sharing(spec, COUNTS)
+    target = torch.randn(6)
+    assert torch.allclose(sharing.expand(sharing.fit(target)), target, atol=1e-4)
+
+
+def test_identity_basis_equals_per_class_loss():
+    z, y = _batch()
+    lb = torch.randn(6)
+    a = ParametricCrossEntropy(6, logit_bias=lb, learn=("logit_bias",))
+    b = ParametricCrossEntropy(6, sharing=Sharing(torch.eye(6)), logit_bias=lb, learn=("logit_bias",))
+    assert torch.allclose(a(z, y), b(z, y))
+    ga = torch.autograd.grad(a(z, y), a.logit_bias_raw)[0]
+    gb = torch.autograd.grad(b(z, y), b.logit_bias_raw)[0]
+    assert torch.allclose(ga, gb)
+
+
+def test_groups_share_values_and_dictionary_is_small():
+    g = frequency_groups(COUNTS, 2)
+    vals = g.expand(torch.tensor([1.0, -1.0]))
+    assert vals[:3].eq(1.0).all() and vals[3:].eq(-1.0).all()
+    d = frequency_dictionary(list(range(1, 1001)), 3)
+    assert d.basis.shape == (1000, 3)
+    # LA is exactly representable in the log-frequency dictionary
+    counts = torch.randint(1, 500, (1000,))
+    d = frequency_dictionary(counts, 2, "poly")
+    la = la_bias(counts, 1.0)
+    assert torch.allclose(d.expand(d.fit(la)), la, atol=1e-4)
+
+
+def test_per_class_export_roundtrip_and_positivity():
+    loss = create_loss("autobalance", COUNTS, init="vs", learn=("class_weight", "logit_bias", "logit_scale"))
+    with torch.no_grad():
+        for p in loss.hparameters():
+            p.add_(torch.randn_like(p))
+    values = loss.per_class()
+    assert all(w > 0 for w in values["class_weight"])
+    assert math.isclose(sum(values["class_weight"]) / 6, 1.0, rel_tol=1e-5)
+    assert all(0 < s < 1 for s in values["logit_scale"])
+    other = ParametricCrossEntropy(6)
+    other.load_per_class(values)
+    z, y = _batch()
+    assert torch.allclose(other(z, y), loss(z, y), atol=1e-5)
+
+
+def test_only_learned_hparameters_get_gradients():
+    loss = create_loss("autobalance", COUNTS, learn=("logit_bias",))
+    assert [p.shape for p in loss.hparameters()] == [torch.Size([6])]
+    assert not loss.logit_scale_raw.requires_grad
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="unknown loss"):
+        create_loss("focal", COUNTS)
+    with pytest.raises(ValueError, match="positive"):
+        create_loss("la", [10, 0, 3])
+    with pytest.raises(ValueError, match="cannot learn"):
+        ParametricCrossEntropy(3, learn=("temperature",))
+    with pytest.raises(ValueError, match="unknown sharing"):
+        create_sharing("cluster:3", COUNTS)
+    with pytest.raises(ValueError, match="targets must be"):
+        parametric_cross_entropy(torch.randn(4, 3), torch.zeros(4, 5))

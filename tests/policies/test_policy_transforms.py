@@ -1,0 +1,167 @@
+"""Using exported policies: PerClassTransform, PerClassTransformV2 in torchvision v2, display, S3 script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+from ab_plugin.policies import (
+    FORMAT_VERSION,
+    OPS,
+    ClassPolicy,
+    PerClassTransform,
+    PerClassTransformV2,
+    PolicyFile,
+    PolicyFileError,
+    plot_policy_heatmap,
+    policy_from_module,
+    policy_table,
+    save_policy,
+)
+from rich.console import Console
+from torchvision import tv_tensors
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+
+def _module(
+    p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness", "rotate"), crop_flip: bool = False
+):
+    module = ClassPolicy(len(p), ops, crop_flip=crop_flip, learnable=False)
+    module.load_per_class(
+        {
+            op: ({"probability": p, "magnitude": m} if OPS[op].has_magnitude else {"probability": p})
+            for op in ops
+        }
+    )
+    return module
+
+
+def _file(module: ClassPolicy) -> PolicyFile:
+    c = module.num_classes
+    return PolicyFile(
+        version=FORMAT_VERSION,
+        classes=[f"c{i}" for i in range(c)],
+        class_counts=[100 // (i + 1) for i in range(c)],
+        loss={"class_weight": [1.0] * c, "logit_bias": [0.0] * c, "logit_scale": [1.0] * c},
+        augmentation=policy_from_module(module),
+        provenance={"dataset": "unit-test"},
+    )
+
+
+# class 0: never augmented; class 1: always, strongly
+PF = _file(_module([0.0, 1.0], [0.5, 0.9]))
+
+
+def test_per_class_transform_uint8_and_float() -> None:
+    t = PerClassTransform(PF)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.tensor([0, 1] * 4)
+    out = t(x, y)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out[y == 0], x[y == 0])
+    assert all(not torch.equal(out[i], x[i]) for i in range(8) if y[i] == 1)
+    xf = x.float() / 255
+    outf = t(xf, y)
+    assert outf.dtype == torch.float32 and torch.equal(outf[y == 0], xf[y == 0])
+    single = t(x[1], 1)
+    assert single.shape == (3, 16, 16) and single.dtype == torch.uint8
+    assert torch.is_grad_enabled()
+
+
+def test_per_class_transform_from_path(tmp_path: Path) -> None:
+    save_policy(tmp_path / "p.json", PF)
+    t = PerClassTransform(str(tmp_path / "p.json"))
+    assert t.num_classes == 2
+    no_aug = _file(_module([0.5], [0.5]))
+    no_aug.augmentation = None
+    with pytest.raises(PolicyFileError, match="no augmentation"):
+        PerClassTransform(no_aug)
+
+
+def test_v2_compose_on_pil_image_and_label() -> None:
+    pipeline = v2.Compose([v2.ToImage(), PerClassTransformV2(PF), v2.ToDtype(torch.float32, scale=True)])
+    g = torch.Generator().manual_seed(1)
+    arr = torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8, generator=g).numpy()
+    pil = PIL.Image.fromarray(arr)
+    ref = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+
+    img0, label0 = pipeline((pil, 0))
+    assert label0 == 0 and isinstance(img0, tv_tensors.Image)
+    assert img0.dtype == torch.float32 and img0.shape == (3, 20, 24)
+    torch.testing.assert_close(img0.as_subclass(torch.Tensor), ref)  # class 0: p = 0
+
+    img1, label1 = pipeline((pil, 1))
+    assert label1 == 1 and not torch.allclose(img1.as_subclass(torch.Tensor), ref, atol=0.02)
+
+    # plain tensor image with a tensor label, and a dict sample
+    out, lab = PerClassTransformV2(PF)(torch.from_numpy(arr).permute(2, 0, 1), torch.tensor(0))
+    assert lab.item() == 0 and torch.equal(out, torch.from_numpy(arr).permute(2, 0, 1))
+    sample = PerClassTransformV2(PF)({"image": pil, "label": 1})
+    assert isinstance(sample["image"], PIL.Image.Image) and sample["label"] == 1
+
+    with pytest.raises(ValueError, match="needs the class label"):
+        PerClassTransformV2(PF)(pil)
+    with pytest.raises(ValueError, match="outside"):
+        pipeline((pil, 5))
+
+
+def test_v2_pipeline_with_image_folder(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(2)
+    for cls in ("c0", "c1"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            arr = torch.randint(0, 256, (12, 12, 3), dtype=torch.uint8, generator=g).numpy()
+            PIL.Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    dataset = ImageFolder(str(tmp_path), transform=None)
+    pipeline = v2.Compose([v2.ToImage(), PerClassTransformV2(PF), v2.ToDtype(torch.float32, scale=True)])
+    for i in range(len(dataset)):
+        pil, label = dataset[i]
+        image, out_label = pipeline(dataset[i])
+        assert out_label == label and image.shape == (3, 12, 12) and image.dtype == torch.float32
+        plain = v2.functional.to_dtype(v2.functional.to_image(pil), torch.float32, scale=True)
+        assert torch.equal(image, plain) == (label == 0)
+
+
+def test_policy_table_and_heatmap(tmp_path: Path) -> None:
+    pf = _file(_module([0.1, 0.9, 0.5], [0.2, 0.8, 0.4], ops=("rotate", "flip", "cutout")))
+    console = Console(record=True, width=200)
+    console.print(policy_table(pf))
+    text = console.export_text()
+    for s in ("c0", "c2", "rotate p/m", "flip p", "cutout p/m", "0.90/0.80", "Δ"):
+        assert s in text, s
+
+    out = tmp_path / "plots" / "heat.png"
+    plot_policy_heatmap(pf, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["heat.png"]
+    pf.augmentation = None
+    plot_policy_heatmap(pf, out)
+    assert out.stat().st_size > 0
+
+
+def test_throughput_script_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    from ab_plugin.policies.bench_throughput import main
+
+    result = main(["--quick"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line) == result
+    assert result["protocol"] == "S3" and result["workers"] == 2
+    assert result["policy_images_per_s"] > 0 and result["pil_dataloader_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(
+        result["policy_images_per_s"] / result["pil_dataloader_images_per_s"], rel=1e-2
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_per_class_transform_on_cuda() -> None:
+    t = PerClassTransform(PF)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, device="cuda")
+    y = torch.tensor([0, 1, 0, 1], device="cuda")
+    out = t(x, y)
+    assert out.device.type == "cuda" and torch.equal(out[0], x[0])

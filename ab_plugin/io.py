@@ -33,6 +33,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=True), mode="w")
 
 
+def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line (a torn last line is tolerated by `read_jsonl`)."""
     with open(path, "a") as f:

@@ -22,7 +22,7 @@ from torch import nn
 from .config import Config
 from .data import ImageData, TensorLoader, normalize
 from .hypergrad import HypergradEngine, HyperProblem, frozen_norm_stats
-from .io import append_jsonl, load_checkpoint, save_checkpoint
+from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
 from .models import split_model
 from .objectives import Metrics, compute_metrics
@@ -209,6 +209,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainState:
         if resume:
             self.load(self.run_dir / CHECKPOINT)
+            # epochs logged after the checkpoint (a kill between the two writes) are redone
+            write_jsonl(self.run_dir / METRICS, self.state.history)
         self.model.train()
         while self.state.epoch < self.cfg.epochs:
             self._epoch()

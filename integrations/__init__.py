@@ -1,0 +1,75 @@
+"""AutoBalance in the training loops you already have: timm, torchvision and Lightning.
+
+The smallest integration is the criterion alone::
+
+    from ab_plugin.integrations import AutoBalanceCriterion
+
+    criterion = AutoBalanceCriterion(class_counts).attach(model, val_loader)
+    loss = criterion(model(x), y)          # in your loop; α is tuned every `interval` calls
+
+- :class:`AutoBalanceCriterion`: the self-tuning parametric cross-entropy (any loop).
+- timm: :class:`AutoBalanceTimmCallback`, :func:`train_timm`, :class:`TimmRun`.
+- torchvision: :func:`train_one_epoch`, :func:`evaluate` (reference-shaped), :class:`PerClassCollate`,
+  :class:`SampleTransformDataset` (per-class policies in ``transforms.v2`` pipelines).
+- Lightning (``pip install 'ab-plugin[lightning]'``): :class:`AutoBalanceCallback`.
+- :func:`evaluate_metrics`, :func:`predict_logits`: imbalance metrics on any loader.
+
+Framework modules are imported on first use of a name (``import ab_plugin.integrations`` never imports
+Lightning); a missing optional framework raises ``ImportError`` with the install command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._criterion import AutoBalanceCriterion, ValSource, unwrap_model
+from ._eval import evaluate_metrics, predict_logits
+from ._imports import install_hint, try_import
+
+if TYPE_CHECKING:
+    from ._lightning import AutoBalanceCallback
+    from ._timm import AutoBalanceTimmCallback, TimmRun, train_timm
+    from ._torchvision import PerClassCollate, SampleTransformDataset, evaluate, train_one_epoch
+
+_LAZY = {
+    "AutoBalanceTimmCallback": "._timm",
+    "TimmRun": "._timm",
+    "train_timm": "._timm",
+    "PerClassCollate": "._torchvision",
+    "SampleTransformDataset": "._torchvision",
+    "evaluate": "._torchvision",
+    "train_one_epoch": "._torchvision",
+    "AutoBalanceCallback": "._lightning",
+}
+
+__all__ = [
+    "AutoBalanceCallback",
+    "AutoBalanceCriterion",
+    "AutoBalanceTimmCallback",
+    "PerClassCollate",
+    "SampleTransformDataset",
+    "TimmRun",
+    "ValSource",
+    "evaluate",
+    "evaluate_metrics",
+    "install_hint",
+    "predict_logits",
+    "train_one_epoch",
+    "train_timm",
+    "try_import",
+    "unwrap_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

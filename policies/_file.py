@@ -125,10 +125,13 @@ def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
     for i, item in enumerate(v):
         f = _as_float(item)
         if f is None:
-            kind = "a non-finite" if isinstance(item, float) else "a non-numeric"
-            raise _err(
-                source, f"{where}[{i}] is {kind} value ({item!r:.40}); every value must be a finite number"
-            )
+            if isinstance(item, float):
+                kind = "a non-finite"
+            elif isinstance(item, int) and not isinstance(item, bool):
+                kind = "an out-of-range (non-finite as a float)"
+            else:
+                kind = "a non-numeric"
+            raise _err(source, f"{where}[{i}] is {kind} value ({item!r:.40}); every value must be a finite number")
         out.append(f)
     return out
 
@@ -152,8 +155,7 @@ def _check_version(source: str, data: Any) -> None:
     v = data["version"]
     if isinstance(v, bool) or not isinstance(v, int) or v != FORMAT_VERSION:
         raise PolicyFileError(
-            f"policy file {source} has version {v!r:.40}; "
-            f"this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
+            f"policy file {source} has version {v!r:.40}; this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
         )
 
 
@@ -225,9 +227,7 @@ def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
     counts = data["class_counts"]
     if not isinstance(counts, list) or len(counts) != c:
         n = len(counts) if isinstance(counts, list) else type(counts).__name__
-        raise _err(
-            source, f"class_counts has {n} entries but the file lists {c} classes (class-count mismatch)"
-        )
+        raise _err(source, f"class_counts has {n} entries but the file lists {c} classes (class-count mismatch)")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
         raise _err(source, "class_counts must be non-negative integers")
     loss = data["loss"]
@@ -315,9 +315,7 @@ def save_policy(path: str | os.PathLike[str], policy: PolicyFile) -> None:
         raise
 
 
-def load_policy(
-    path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathLike[str] | None = None
-) -> PolicyFile:
+def load_policy(path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathLike[str] | None = None) -> PolicyFile:
     """Load and validate a policy file by path, or a zoo entry by name (``"cifar10-lt_100_resnet32"``).
 
     A string that names an existing file, ends in ``.json`` or contains a path separator is a path;
@@ -339,8 +337,7 @@ def load_policy(
             names = list_zoo(zoo_dir)
             have = ", ".join(names) if names else "none yet"
             raise PolicyFileError(
-                f"no policy file or zoo entry named {s!r}; pass a path to a .json file or one of the zoo "
-                f"names ({have})"
+                f"no policy file or zoo entry named {s!r}; pass a path to a .json file or one of the zoo names ({have})"
             )
         p = candidate
     try:
@@ -387,9 +384,7 @@ def policy_to_module(policy: PolicyFile, *, learnable: bool = False, **kw: Any) 
     aug = policy.augmentation
     if aug is None:
         return None
-    module = ClassPolicy(
-        policy.num_classes, aug["ops"], learnable=learnable, crop_flip=bool(aug["crop_flip"]), **kw
-    )
+    module = ClassPolicy(policy.num_classes, aug["ops"], learnable=learnable, crop_flip=bool(aug["crop_flip"]), **kw)
     try:
         module.load_per_class(aug["per_class"])
     except ValueError as e:

@@ -153,8 +153,7 @@ class ClassPolicy(nn.Module):
             basis = torch.as_tensor(basis).detach().to(torch.float32)
             if basis.ndim != 2 or basis.shape[0] != self.num_classes or basis.shape[1] < 1:
                 raise ValueError(
-                    f"basis must be a [num_classes={self.num_classes}, k] matrix, "
-                    f"got shape {tuple(basis.shape)}"
+                    f"basis must be a [num_classes={self.num_classes}, k] matrix, got shape {tuple(basis.shape)}"
                 )
             if not bool(torch.isfinite(basis).all()):
                 raise ValueError("basis contains non-finite values")
@@ -183,9 +182,7 @@ class ClassPolicy(nn.Module):
         b = self.basis
         if b is None:
             return True
-        return b.shape[0] == b.shape[1] and bool(
-            torch.equal(b, torch.eye(b.shape[0], dtype=b.dtype, device=b.device))
-        )
+        return b.shape[0] == b.shape[1] and bool(torch.equal(b, torch.eye(b.shape[0], dtype=b.dtype, device=b.device)))
 
     def _expand(self, raw: Tensor) -> Tensor:
         """``D @ raw``: ``[k, n]`` raw values -> ``[C, n]`` per-class logits."""
@@ -281,9 +278,7 @@ class ClassPolicy(nn.Module):
             ml.copy_(self._fit(matrix(mag_rows, ml)))
 
     # ----------------------------------------------------------------- sampling
-    def sample_params(
-        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
+    def sample_params(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Draw all random quantities for one batch (nothing depends on the learnable parameters).
 
         Args:
@@ -339,9 +334,7 @@ class ClassPolicy(nn.Module):
         if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
             raise ValueError(f"y must be integer labels [B={x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
         if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}), got {int(y.min())}..{int(y.max())}"
-            )
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(y.min())}..{int(y.max())}")
         if x.shape[1] != 3 and any(OPS[op].kind == "color" for op in self.ops):
             raise ValueError(f"colour ops need RGB images [B, 3, H, W], got {x.shape[1]} channels")
         if params is None:
@@ -387,9 +380,7 @@ class ClassPolicy(nn.Module):
                     a = _ops.rotate_matrix(_ops.deg2rad(signed(op)))
                 elif op == "translate":
                     size = torch.tensor([float(w), float(h)], dtype=dtype, device=x.device)
-                    shift = (
-                        params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
-                    )
+                    shift = params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
                     a = _ops.translate_matrix(shift)
                 else:  # flip
                     a = _ops.flip_matrix(b, out)
@@ -422,9 +413,7 @@ class ClassPolicy(nn.Module):
         )
 
 
-def create_policy(
-    kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any
-) -> ClassPolicy | None:
+def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy | None:
     """Create an augmentation policy by kind.
 
     Args:
@@ -446,12 +435,8 @@ def create_policy(
     if kind == "fixed":
         extra = sorted(set(kw) - {"padding"})
         if extra or basis is not None:
-            raise ValueError(
-                f"policy kind 'fixed' takes no options besides padding, got {extra or ['basis']}"
-            )
+            raise ValueError(f"policy kind 'fixed' takes no options besides padding, got {extra or ['basis']}")
         return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
     if kind == "none":
         return None
-    raise ValueError(
-        f"unknown policy kind {kind!r}; choose one of {', '.join(repr(k) for k in POLICY_KINDS)}"
-    )
+    raise ValueError(f"unknown policy kind {kind!r}; choose one of {', '.join(repr(k) for k in POLICY_KINDS)}")

@@ -145,14 +145,10 @@ class PerClassTransformV2(Transform):
             isinstance(inpt, Tensor) and not isinstance(inpt, tv_tensors.TVTensor)
         ):
             if inpt.ndim != 3 or inpt.shape[0] != 3:
-                raise ValueError(
-                    f"PerClassTransformV2 expects one RGB image [3, H, W], got {tuple(inpt.shape)}"
-                )
+                raise ValueError(f"PerClassTransformV2 expects one RGB image [3, H, W], got {tuple(inpt.shape)}")
             out = self._apply(inpt.as_subclass(Tensor), label)
             return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
-        raise TypeError(
-            f"PerClassTransformV2 supports image classification samples only, got {type(inpt).__name__}"
-        )
+        raise TypeError(f"PerClassTransformV2 supports image classification samples only, got {type(inpt).__name__}")
 
     def forward(self, *inputs: Any) -> Any:
         """Transform the image(s) of one sample with the policy of its label (see the class docstring)."""
@@ -169,9 +165,7 @@ class PerClassTransformV2(Transform):
             raise ValueError(f"label {label} is outside [0, {self._apply.num_classes}) of the policy")
         candidates = [not _is_label(v) for v in flat]
         needs = self._needs_transform_list(flat)
-        out = [
-            self._image(v, label) if n and c else v for v, n, c in zip(flat, needs, candidates, strict=True)
-        ]
+        out = [self._image(v, label) if n and c else v for v, n, c in zip(flat, needs, candidates, strict=True)]
         return tree_unflatten(out, spec)
 
     def extra_repr(self) -> str:

@@ -84,9 +84,7 @@ def _pil_transforms(magnitudes: Sequence[float], probability: float, size: int) 
                     T.RandomApply([T.ColorJitter(contrast=0.5 * m)], p=probability),
                     T.RandomApply([T.ColorJitter(saturation=0.5 * m)], p=probability),
                     T.ToTensor(),
-                    T.RandomErasing(
-                        p=probability, scale=(side * side, side * side), ratio=(1.0, 1.0), value=0.5
-                    ),
+                    T.RandomErasing(p=probability, scale=(side * side, side * side), ratio=(1.0, 1.0), value=0.5),
                 ]
             )
         )
@@ -107,9 +105,7 @@ class _PILDataset(Dataset):
         return self.transforms[y](self.images[i]), y
 
 
-def _time_policy(
-    policy: ClassPolicy, x: torch.Tensor, y: torch.Tensor, batch_size: int, threads: int
-) -> float:
+def _time_policy(policy: ClassPolicy, x: torch.Tensor, y: torch.Tensor, batch_size: int, threads: int) -> float:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -153,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the PIL side")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per side (best is reported)")
     ap.add_argument("--probability", type=float, default=0.5, help="probability of each op")
-    ap.add_argument(
-        "--threads", type=int, default=0, help="torch threads of the second policy run (0: default)"
-    )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the second policy run (0: default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     args = ap.parse_args(argv)

@@ -54,7 +54,8 @@ class HyperProblem:
 def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
     """Forward passes inside do not move BatchNorm running statistics (momentum 0)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
     for m in bns:
         m.momentum = 0.0
     try:

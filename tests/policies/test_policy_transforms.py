@@ -27,15 +27,10 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 
-def _module(
-    p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness", "rotate"), crop_flip: bool = False
-):
+def _module(p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness", "rotate"), crop_flip: bool = False):
     module = ClassPolicy(len(p), ops, crop_flip=crop_flip, learnable=False)
     module.load_per_class(
-        {
-            op: ({"probability": p, "magnitude": m} if OPS[op].has_magnitude else {"probability": p})
-            for op in ops
-        }
+        {op: ({"probability": p, "magnitude": m} if OPS[op].has_magnitude else {"probability": p}) for op in ops}
     )
     return module
 

@@ -1,0 +1,224 @@
+"""Protocol Q (../shared/BENCHMARKS.md): CIFAR-10-LT (rho 100, n_max 1000), ResNet-32, 50 epochs.
+
+Every method trains with the same recipe; AutoBalance searches on an 80/20 split with the same epoch
+budget, then retrains on the whole training set. Jobs (method x seed) run in worker processes and
+append one JSON line each to ``--out``; finished jobs are skipped on a re-run, so the script resumes.
+
+    python benchmarks/protocol_q.py --data ../shared/data/cifar10-jpg.zip --seeds 0,1,2 --workers 1
+    python benchmarks/protocol_q.py --table benchmarks/results/q.jsonl      # markdown table
+
+``--quick`` shrinks everything (a few iterations) so the test suite can run the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASELINES = ["ce", "la", "ldam-drw", "cdt", "vs"]
+AUTOBALANCE = {
+    "ab-l": {"init": "neutral", "learn": ("logit_bias",)},
+    "ab-delta": {"init": "neutral", "learn": ("logit_scale",)},
+    "ab-dl": {"init": "neutral", "learn": ("logit_bias", "logit_scale")},
+    "ab-dl-la": {"init": "la", "learn": ("logit_bias", "logit_scale")},
+    "ab-dl-aug": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "learned"},
+}
+METHODS = BASELINES + list(AUTOBALANCE)
+
+RECIPE = dict(backbone="resnet32", epochs=50, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+              warmup_epochs=5, schedule="cosine", augment="fixed")
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return f"{cpu}, {os.cpu_count()} cores" + (f", GPU {gpu}" if gpu else "")
+
+
+def revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from ab_plugin import AutoBalance, Config, retrain, train_baseline
+    from ab_plugin.data import create_dataset
+
+    torch.set_num_threads(args["threads"])
+    bundle = create_dataset(f"imagefolder:{args['data']}", imbalance=100, n_max=args["n_max"])
+    if args.get("test_per_class"):  # smoke runs: a small balanced slice of the test set
+        keep = torch.cat([torch.nonzero(bundle.test.targets == c).flatten()[: args["test_per_class"]]
+                          for c in range(bundle.test.num_classes)])
+        bundle.test = bundle.test.subset(keep)
+    recipe = {**RECIPE, **args.get("recipe", {})}
+    base = dict(recipe, dataset="cifar10-lt-q", seed=seed, device=args["device"], amp=args["amp"])
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"method": method, "seed": seed}
+    method, overrides = parse_method(method)
+    if method in BASELINES:
+        res = train_baseline(method, bundle, _cfg(Config, base, loss=method))
+        out["train_seconds"] = res.seconds
+    else:
+        ab = AUTOBALANCE[method]
+        cfg = _cfg(Config, base, **{**ab, **args.get("upper", {}), **overrides})
+        search = AutoBalance(cfg).fit(bundle)
+        res = retrain(search, bundle, cfg)
+        out.update(search_seconds=search.seconds, train_seconds=res.seconds, hyper_steps=search.hyper_steps,
+                   alpha=search.alpha, search_val=search.val_metrics)
+    m = res.test_metrics
+    out.update(balanced_error=100 * m["balanced_error"], worst_class_error=100 * m["worst_class_error"],
+               per_class_error=[100 * e for e in m["per_class_error"]], accuracy=100 * m["accuracy"],
+               wall_seconds=time.perf_counter() - t0)
+    return out
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``ab-dl-la@upper_lr=0.03,interval=10`` -> ("ab-dl-la", {"upper_lr": 0.03, "interval": 10})."""
+    name, _, rest = spec.partition("@")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
+    return name, overrides
+
+
+def _cfg(config_cls: Any, base: dict[str, Any], **changes: Any) -> Any:
+    d = {**base, **changes}
+    d.pop("dataset", None)
+    return config_cls(dataset="imagefolder", **d)
+
+
+def _worker(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    method, seed, args = job
+    try:
+        return run_job(method, seed, args)
+    except Exception as e:  # a failed job is recorded, the others go on
+        return {"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"}
+
+
+def done_jobs(path: Path) -> set[tuple[str, int]]:
+    if not path.exists():
+        return set()
+    out = set()
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "error" not in r:
+            out.add((r["method"], r["seed"]))
+    return out
+
+
+def table(path: Path) -> str:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "error" not in r:
+            rows.setdefault(r["method"], []).append(r)
+
+    def ms(vals: list[float]) -> str:
+        if len(vals) == 1:
+            return f"{vals[0]:.2f}"
+        return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+    lines = ["| method | seeds | balanced error % | worst-class error % | train s | search s |",
+             "|---|---|---|---|---|---|"]
+    for m in METHODS + sorted(set(rows) - set(METHODS)):
+        if m not in rows:
+            lines.append(f"| {m} | – | not run | not run | not run | not run |")
+            continue
+        rs = rows[m]
+        search = [r["search_seconds"] for r in rs if "search_seconds" in r]
+        lines.append(f"| {m} | {len(rs)} | {ms([r['balanced_error'] for r in rs])} | "
+                     f"{ms([r['worst_class_error'] for r in rs])} | {ms([r['train_seconds'] for r in rs])} | "
+                     f"{ms(search) if search else '–'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"))
+    p.add_argument("--methods", default="all", help="comma list or 'all': " + ",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--workers", type=int, default=1, help="parallel jobs (processes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per job [default: cores / workers]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--n-max", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=None, help="override the 50 epochs (not protocol Q then)")
+    p.add_argument("--upper", default="{}", help="JSON dict of Config overrides for the AutoBalance rows")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "q.jsonl"))
+    p.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
+    p.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
+    a = p.parse_args(argv)
+    if a.table:
+        print(table(Path(a.table)))
+        return 0
+    if not Path(a.data).exists():
+        print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
+        return 2
+    methods = METHODS if a.methods == "all" else [m.strip() for m in a.methods.split(",")]
+    unknown = sorted({parse_method(m)[0] for m in methods} - set(METHODS))
+    if unknown:
+        print(f"error: unknown methods {unknown}: choose from {METHODS}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in a.seeds.split(",")]
+    recipe: dict[str, Any] = {}
+    if a.epochs:
+        recipe["epochs"] = a.epochs
+    n_max = a.n_max
+    if a.quick:
+        recipe.update(epochs=2, batch_size=32, warmup_epochs=1, backbone="resnet20")
+        n_max = 200
+    args = {"data": a.data, "n_max": n_max, "device": a.device, "amp": a.amp, "recipe": recipe,
+            "upper": json.loads(a.upper), "test_per_class": 20 if a.quick else 0, "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    skip = done_jobs(out)
+    jobs = [(m, s, args) for s in seeds for m in methods if (m, s) not in skip]
+    header = {"protocol": "Q" if not (a.quick or a.epochs or a.n_max != 1000) else "Q-modified",
+              "machine": machine(), "date": date.today().isoformat(), "revision": revision(),
+              "command": " ".join([sys.executable, *sys.argv]), "recipe": {**RECIPE, **recipe}, "n_max": n_max}
+    with open(out.with_suffix(".meta.jsonl"), "a") as f:
+        f.write(json.dumps(header) + "\n")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(a.workers) as pool:
+        for r in pool.imap_unordered(_worker, jobs):
+            with open(out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            status = r.get("error") or f"balanced error {r['balanced_error']:.2f}%"
+            print(f"{r['method']:>10} seed {r['seed']}: {status}", flush=True)
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Protocol S (../shared/BENCHMARKS.md): search overhead, memory and hyper-step scaling.
+
+    python benchmarks/protocol_s.py s1 --rows plain,head,head-paper,cg,neumann,unrolled --epochs 4
+    python benchmarks/protocol_s.py s4 --classes 10,100,1000,8142
+
+s1: each row runs in its own subprocess, back to back on the same machine, on CIFAR-10-LT (protocol Q
+data) with ResNet-32 and batch 128; the upper level is active from the first epoch. Reported: median
+epoch time after the first epoch, its ratio to the plain-CE row, peak memory (RSS on CPU, max
+allocated on CUDA) and its ratio. ``whole`` rows run a full search schedule (40 % warm-up) against
+plain training of the same epochs. s4: time of one head-engine hyper-step against the number of
+classes, per class and with a 3-term frequency dictionary, on synthetic features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from protocol_q import machine, revision  # noqa: E402
+
+# row -> (engine or None for plain CE, Config overrides). The paper's schedule: a hyper-step every
+# 20 iterations from 10 training and 10 validation batches, 5 Neumann terms.
+ROWS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "plain": (None, {}),
+    "head": ("head", {"interval": 5}),
+    "head-paper": ("head", {"interval": 20}),
+    "cg": ("cg", {"interval": 20, "engine_options": {"iters": 5}}),
+    "neumann": ("neumann", {"interval": 20, "engine_options": {"terms": 5, "step": 0.1}}),
+    "unrolled": ("unrolled", {"interval": 20, "engine_options": {"steps": 1}}),
+}
+
+
+def _row(name: str, epochs: int, device: str, data: str, n_max: int, upper_start: float) -> dict[str, Any]:
+    import torch
+
+    from ab_plugin import AutoBalance, Config, train_baseline
+    from ab_plugin.data import create_dataset
+
+    bundle = create_dataset(f"imagefolder:{data}", imbalance=100, n_max=n_max)
+    engine, over = ROWS[name.removeprefix("whole-")]
+    cfg = Config(dataset="imagefolder", backbone="resnet32", epochs=epochs, batch_size=128, warmup_epochs=1,
+                 device=device, upper_start=upper_start, hyper_batches=10, seed=0, **over)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if engine is None:
+        res = train_baseline("ce", bundle, cfg)
+    else:
+        res = AutoBalance(cfg.replace(engine=engine)).fit(bundle)
+    secs = [h["seconds"] for h in res.history]
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"row": name, "epoch_seconds": secs, "median_epoch": statistics.median(secs[1:] or secs),
+            "total_seconds": sum(secs), "peak_bytes": peak, "hyper_steps": res.hyper_steps}
+
+
+def s1(a: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = [r.strip() for r in a.rows.split(",")]
+    out = []
+    for name in rows:
+        cmd = [sys.executable, __file__, "_row", name, "--epochs", str(a.epochs), "--device", a.device,
+               "--data", a.data, "--n-max", str(a.n_max)]
+        if name.startswith("whole-"):
+            cmd += ["--upper-start", "0.4"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            out.append({"row": name, "error": r.stderr.strip().splitlines()[-1] if r.stderr else "failed"})
+        else:
+            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(out[-1]), flush=True)
+    base = next((r for r in out if r["row"] == "plain" and "error" not in r), None)
+    for r in out:
+        if base and "error" not in r:
+            r["epoch_ratio"] = r["median_epoch"] / base["median_epoch"]
+            r["total_ratio"] = r["total_seconds"] / base["total_seconds"]
+            r["memory_ratio"] = r["peak_bytes"] / base["peak_bytes"]
+    return out
+
+
+def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """One head-engine hyper-step on synthetic features: 10 batches x 128, D = 64."""
+    import torch
+
+    from ab_plugin.hypergrad import HeadEngine, HyperProblem
+    from ab_plugin.losses import create_loss, create_sharing
+    from ab_plugin.objectives import balanced_ce
+
+    torch.manual_seed(0)
+    out = []
+    for c in [int(x) for x in a.classes.split(",")]:
+        counts = torch.clamp((1000 * torch.tensor(100.0) ** (-torch.arange(c) / max(1, c - 1))).ceil(), min=2).long()
+        for sharing in ("per_class", "poly:3"):
+            loss = create_loss("autobalance", counts, init="la", sharing=create_sharing(sharing, counts))
+            clf = torch.nn.Linear(64, c)
+            feats = [(torch.randn(128, 64), torch.randint(0, c, (128,))) for _ in range(10)]
+            val = [(torch.randn(1280, 64), torch.randint(0, c, (1280,)))]
+            problem = HyperProblem(model=clf, loss=loss, hparams=loss.hparameters(), objective=balanced_ce,
+                                   train_batches=[], val_batches=[], train_forward=None, val_forward=None,
+                                   classifier=clf, train_features=feats, val_features=val, weight_decay=5e-4)
+            engine = HeadEngine()
+            engine(problem)  # warm-up
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                engine(problem)
+                times.append(time.perf_counter() - t0)
+            r = {"classes": c, "sharing": sharing, "hparams": sum(p.numel() for p in loss.hparameters()),
+                 "seconds": statistics.median(times)}
+            out.append(r)
+            print(json.dumps(r), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["s1", "s4", "_row"])
+    p.add_argument("row", nargs="?")
+    p.add_argument("--rows", default="plain,head,head-paper,cg,unrolled,whole-plain,whole-head")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"))
+    p.add_argument("--n-max", type=int, default=1000)
+    p.add_argument("--upper-start", type=float, default=0.0)
+    p.add_argument("--classes", default="10,100,1000,8142")
+    p.add_argument("--out", default=None, help="append the results (JSON lines) to this file")
+    a = p.parse_args(argv)
+    if a.what == "_row":
+        print(json.dumps(_row(a.row, a.epochs, a.device, a.data, a.n_max, a.upper_start)))
+        return 0
+    if a.what == "s1" and not Path(a.data).exists():
+        print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
+        return 2
+    results = s1(a) if a.what == "s1" else s4(a)
+    meta = {"protocol": a.what.upper(), "machine": machine(), "revision": revision(),
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join([sys.executable, *sys.argv]),
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+    if a.out:
+        with open(a.out, "a") as f:
+            for r in results:
+                f.write(json.dumps({**meta, **r}) + "\n")
+    print(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

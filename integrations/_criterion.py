@@ -1,0 +1,588 @@
+"""``AutoBalanceCriterion``: a self-tuning loss to drop into any training loop as its ``criterion``.
+
+The smallest possible integration::
+
+    criterion = AutoBalanceCriterion(class_counts).attach(model, val_loader)
+    for x, y in train_loader:                 # your loop, your optimizer, your schedule
+        loss = criterion(model(x), y)         # y: labels [B] or soft targets [B, C] (mixup / cutmix)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+``forward`` returns the parametric loss ``w_y · CE(Δ ⊙ z + l, y)`` with the current α (a constant for
+the caller's backward), and every ``interval`` training calls it takes one hyper-step on α: a
+hypergradient from :mod:`ab_plugin.hypergrad` (the ``head`` engine by default: implicit differentiation
+with θ restricted to the classifier, on the classifier inputs captured from your own forward passes)
+and one step of its own upper optimizer. The caller's optimizer, the model's weights and their
+``.grad`` buffers, the BatchNorm running statistics and the global RNG are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ab_plugin.hypergrad import HypergradEngine, HyperProblem, UnrolledEngine, create_engine, frozen_norm_stats
+from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing, to_soft_targets
+from ab_plugin.models import split_model
+from ab_plugin.objectives import create_objective
+
+__all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
+
+Batch = tuple[Tensor, ...]
+#: Validation data: a re-iterable of ``(x, y)`` / ``(x, y, groups)`` batches (a ``DataLoader``, a list), or a
+#: zero-argument callable returning such an iterable. ``x`` must be what ``model(x)`` takes (already
+#: normalised / preprocessed); batches are moved to the model's device.
+ValSource = Iterable[Sequence[Tensor]] | Callable[[], Iterable[Sequence[Tensor]]]
+UpperOptimizer = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+_STATE_FORMAT = 1
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _to_device(batch: Sequence[Any], device: torch.device) -> Batch:
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError(
+            "validation batches must be (x, y) or (x, y, groups) tuples of tensors, "
+            f"got {type(batch).__name__}"
+        )
+    out = tuple(t.to(device, non_blocking=True) if isinstance(t, Tensor) else torch.as_tensor(t, device=device)
+                for t in batch[:3])
+    if out[1].ndim != 1 or out[1].is_floating_point():
+        raise ValueError(
+            f"validation targets must be int class labels [B], got {out[1].dtype} {tuple(out[1].shape)}: "
+            "the validation objective needs hard labels (no mixup on the validation loader)"
+        )
+    return out
+
+
+def _make_hook(owner: AutoBalanceCriterion, module: nn.Module, *, capture: bool, trigger: bool) -> Callable[..., None]:
+    """A forward pre-hook for the caller's training forwards (``module.training`` and grad enabled).
+
+    ``trigger``: first run a deferred hyper-step (before the new forward builds its graph);
+    ``capture``: record ``module``'s input (detached) for the next :meth:`AutoBalanceCriterion.record`.
+    It keeps weak references only, and a deep copy of the model (e.g. timm's ``ModelEmaV3``) inherits the
+    hook but is ignored by it (identity check), so an EMA forward never pollutes the buffer.
+    """
+    owner_ref, module_ref = weakref.ref(owner), weakref.ref(module)
+
+    def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if mod is not module_ref():
+            return
+        crit = owner_ref()
+        if crit is None or not crit._capturing or not (mod.training and torch.is_grad_enabled()):
+            return
+        if trigger and crit._due:
+            crit._due = False
+            crit.hyper_step()
+        if capture and args and isinstance(args[0], Tensor):
+            crit._pending = args[0].detach()
+
+    return hook
+
+
+@dataclass
+class _Attachment:
+    """What :meth:`AutoBalanceCriterion.attach` binds (never saved, never a submodule)."""
+
+    model: nn.Module
+    features: Callable[[Tensor], Tensor]
+    classifier: nn.Module
+    val: Callable[[], Iterable[Sequence[Tensor]]]
+    optimizer: torch.optim.Optimizer | None
+    handles: list[Any] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _model_untouched(model: nn.Module) -> Iterator[None]:
+    """Norm-layer running statistics, train/eval mode and the global RNG are restored on exit."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [[b.detach().clone() for b in m.buffers(recurse=False)] for m in norms]
+    was_training = model.training
+    dev = _device_of(model)
+    rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices), frozen_norm_stats(model):
+            yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for m, bufs in zip(norms, saved, strict=True):
+                for b, s in zip(m.buffers(recurse=False), bufs, strict=True):
+                    if not torch.equal(b, s):  # an in-place write would break the caller's pending backward
+                        b.copy_(s)
+
+
+class AutoBalanceCriterion(nn.Module):
+    """A parametric cross-entropy that tunes its own α on a validation loader while you train.
+
+    Args:
+        class_counts: training samples per class ``[C]`` (used for the ``la`` / ``cdt`` / ``vs`` inits and the
+            frequency sharing bases).
+        init: starting point of α: ``neutral`` (plain CE), ``la`` (``l = τ log π``), ``cdt``, ``vs``.
+        tau, gamma: the LA / CDT init strengths.
+        learn: which of ``class_weight``, ``logit_bias``, ``logit_scale`` the upper level tunes.
+        sharing: ``None`` / ``"per_class"``, ``"groups:K"``, ``"poly:K"``, ``"hat:K"`` or a :class:`Sharing`.
+        loss: use this :class:`ParametricCrossEntropy` instead of building one (``init``/``learn``/``sharing``
+            are then ignored).
+        engine: hypergradient engine name (``head`` (default), ``cg``, ``neumann``, ``unrolled``) or an engine.
+            ``head`` needs nothing but the forward passes you already run; ``cg`` / ``neumann`` keep the last
+            ``hyper_batches`` input batches and run double backward through the whole network; ``unrolled``
+            also needs the caller's optimizer (``attach(..., optimizer=opt)``, read, never stepped).
+        engine_options: keyword options of the engine (e.g. ``{"iters": 30}`` for ``head``).
+        interval: lower steps (training calls) between hyper-steps.
+        start_step: no hyper-step before this many training calls (the paper's warm-up with α fixed).
+        hyper_batches: how many of the latest training batches a hyper-step uses.
+        val_batches: validation batches per hyper-step (cycling through the loader); ``None``: the whole
+            loader.
+        val_every: reuse the validation features for this many hyper-steps (``head`` engine only).
+        objective: validation objective name (``balanced``, ``worst-class``, ``cvar``, ``worst-group``,
+            ``eo-gap``, ``blend``) or a callable ``(logits [B, C], y [B], groups [B] | None) -> scalar``.
+        upper_optimizer: ``adam`` | ``sgd`` or a callable ``params -> torch.optim.Optimizer``.
+        upper_lr, upper_momentum, upper_weight_decay: upper optimizer settings.
+        clip: largest L2 norm of a hypergradient (0 disables clipping).
+        weight_decay: the L2 term of the inner problem (use your optimizer's weight decay).
+        auto_step: take hyper-steps inside :meth:`forward`; ``False`` leaves it to :meth:`step` (what the
+            timm / Lightning callbacks do, after the optimizer step).
+        save_buffer: keep the buffered training features (or inputs) in :meth:`state_dict` so that a resumed
+            run takes exactly the same next hyper-step.
+
+    Shapes: ``forward(logits [B, C], target [B] int or [B, C] float) -> scalar``.
+
+    State: :meth:`state_dict` holds α (the loss's raw parameters), the upper optimizer's state, the step
+    counters, the validation loader position and (``save_buffer``) the training buffer. α is never a leaf
+    of the caller's graph: its parameters have ``requires_grad=False`` except inside a hyper-step, so an
+    optimizer built from ``module.parameters()`` that happens to include them never changes them.
+    """
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        *,
+        init: str = "neutral",
+        tau: float = 1.0,
+        gamma: float = 0.2,
+        learn: Sequence[str] = ("logit_bias", "logit_scale"),
+        sharing: str | Sharing | None = None,
+        loss: ParametricCrossEntropy | None = None,
+        engine: str | HypergradEngine = "head",
+        engine_options: dict[str, Any] | None = None,
+        interval: int = 5,
+        start_step: int = 0,
+        hyper_batches: int = 4,
+        val_batches: int | None = 4,
+        val_every: int = 1,
+        objective: str | Callable[..., Tensor] = "balanced",
+        upper_optimizer: UpperOptimizer = "adam",
+        upper_lr: float = 0.01,
+        upper_momentum: float = 0.9,
+        upper_weight_decay: float = 1e-4,
+        clip: float = 1.0,
+        weight_decay: float = 5e-4,
+        auto_step: bool = True,
+        save_buffer: bool = True,
+    ) -> None:
+        super().__init__()
+        if interval < 1 or hyper_batches < 1 or val_every < 1 or (val_batches is not None and val_batches < 1):
+            raise ValueError("interval, hyper_batches, val_batches and val_every must be >= 1")
+        if start_step < 0 or clip < 0:
+            raise ValueError("start_step and clip must be >= 0")
+        counts = torch.as_tensor(class_counts).long()
+        if loss is None:
+            shared = create_sharing(sharing, counts) if isinstance(sharing, str) else sharing
+            loss = create_loss("autobalance", counts, init=init, tau=tau, gamma=gamma, learn=learn, sharing=shared)
+        elif loss.num_classes != counts.numel():
+            raise ValueError(f"loss has {loss.num_classes} classes but class_counts has {counts.numel()}")
+        self.loss = loss
+        self.register_buffer("class_counts", counts.clone(), persistent=False)
+        self.engine = create_engine(engine, **(engine_options or {})) if isinstance(engine, str) else engine
+        self.objective = create_objective(objective) if isinstance(objective, str) else objective
+        self.interval, self.start_step = int(interval), int(start_step)
+        self.hyper_batches, self.val_batches, self.val_every = int(hyper_batches), val_batches, int(val_every)
+        self.clip, self.weight_decay = float(clip), float(weight_decay)
+        self.auto_step, self.save_buffer = bool(auto_step), bool(save_buffer)
+        for h in self.loss.hparameters():
+            h.requires_grad_(False)
+        self.upper_optimizer = self._make_upper_optimizer(upper_optimizer, upper_lr, upper_momentum,
+                                                          upper_weight_decay)
+        # counters (saved)
+        self.steps = 0
+        self.hyper_steps = 0
+        self.skipped_hyper_steps = 0
+        self.last_hypergrad_norm: float | None = None
+        # runtime (not saved)
+        self._attached: _Attachment | None = None
+        self._buffer: deque[tuple[Tensor, Tensor]] = deque(maxlen=self.hyper_batches)
+        self._pending: Tensor | None = None
+        self._due = False
+        self._capturing = True
+        self._val_iter: Iterator[Sequence[Tensor]] | None = None
+        self._val_pos = 0
+        self._val_skip = 0
+        self._val_cache: list[Batch] = []
+        self._val_age = 0
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _make_upper_optimizer(self, kind: UpperOptimizer, lr: float, momentum: float,
+                              wd: float) -> torch.optim.Optimizer:
+        params = list(self.loss.hparameters())
+        if not params:  # nothing to learn: a placeholder keeps state_dict uniform
+            params = [nn.Parameter(torch.zeros(0), requires_grad=False)]
+        if callable(kind):
+            return kind(params)
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+        raise ValueError(f"unknown upper optimizer {kind!r}: use 'adam', 'sgd' or a callable params -> Optimizer")
+
+    @property
+    def num_classes(self) -> int:
+        """``C``."""
+        return self.loss.num_classes
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether the engine works on captured classifier inputs (``head``) rather than input batches."""
+        return bool(getattr(self.engine, "needs_features", False))
+
+    @property
+    def is_attached(self) -> bool:
+        return self._attached is not None
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The attached model (not a submodule: it is neither saved nor moved with the criterion)."""
+        return None if self._attached is None else self._attached.model
+
+    def attach(
+        self,
+        model: nn.Module,
+        val_loader: ValSource,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> AutoBalanceCriterion:
+        """Bind the model whose logits this criterion receives and the validation data; returns ``self``.
+
+        Registers forward pre-hooks that act on training forwards only (``module.training`` and grad
+        enabled): one on the classifier (``split_model(model)[1]``) recording its input, detached, for the
+        ``head`` engine; one on the model recording the input batch for the other engines and running their
+        deferred hyper-step (see :meth:`forward`). Wrappers (DDP, ``torch.compile``) are unwrapped.
+
+        Args:
+            model: the network, ``model(x) -> logits [B, C]``; timm-interface models and models with a final
+                ``fc`` / ``classifier`` / ``head`` are supported (see :func:`ab_plugin.models.split_model`).
+            val_loader: validation batches ``(x, y)`` / ``(x, y, groups)`` preprocessed for ``model``, or a
+                zero-argument callable returning such an iterable.
+            optimizer: the caller's optimizer; only the ``unrolled`` engine reads it (never steps it).
+        """
+        self.detach()
+        net = unwrap_model(model)
+        features, classifier = split_model(net)
+        if isinstance(self.engine, UnrolledEngine) and optimizer is None:
+            raise ValueError("the unrolled engine needs the training optimizer: attach(model, val, optimizer=opt)")
+        if callable(val_loader) and not hasattr(val_loader, "__iter__"):
+            source: Callable[[], Iterable[Sequence[Tensor]]] = val_loader  # type: ignore[assignment]
+        elif hasattr(val_loader, "__iter__"):
+            source = lambda: val_loader  # noqa: E731
+        else:
+            raise TypeError(f"val_loader must be an iterable of batches or a callable, got {type(val_loader).__name__}")
+        handles = [net.register_forward_pre_hook(_make_hook(self, net, capture=not self.uses_features, trigger=True))]
+        if self.uses_features:
+            handles.append(classifier.register_forward_pre_hook(_make_hook(self, classifier, capture=True,
+                                                                           trigger=False)))
+        self._attached = _Attachment(net, features, classifier, source, optimizer, handles)
+        self.to(_device_of(net))
+        self._val_iter, self._val_cache = None, []
+        return self
+
+    def detach(self) -> None:
+        """Remove the hook and forget the model (α, counters and the buffer stay)."""
+        if self._attached is not None:
+            for h in self._attached.handles:
+                h.remove()
+        self._attached = None
+        self._val_iter = None
+        self._pending = None
+
+    # --------------------------------------------------------------------------------------- the loss
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The parametric loss with the current α (a constant for the caller's backward).
+
+        Args:
+            logits: ``[B, C]`` model outputs (any float dtype; the loss is computed in float32).
+            target: class labels ``[B]`` or soft targets ``[B, C]`` (timm / torchvision mixup, cutmix).
+
+        A training call (criterion in train mode, grad enabled, ``logits`` requiring grad) also pairs the
+        captured classifier input with ``target`` in the buffer and, with ``auto_step``, counts one lower step;
+        when a hyper-step is due the ``head`` engine takes it here (before computing the returned loss, so
+        it uses the new α; only the classifier is involved, the caller's pending graph is safe), the other
+        engines at the start of the model's next training forward (their train-mode passes write the norm
+        statistics that the caller's pending backward still needs).
+        """
+        if self.training and torch.is_grad_enabled() and logits.requires_grad:
+            self.record(target)
+            if self.auto_step and self._count_step():
+                if self.uses_features:
+                    self.hyper_step()  # classifier-only work: safe while the caller's graph is alive
+                else:
+                    self._due = True  # runs at the start of the next training forward of the model
+        return self.loss(logits.float(), target)
+
+    def record(self, target: Tensor) -> bool:
+        """Pair the last captured training input with ``target`` (``[B]`` or ``[B, C]``); ``False`` if none."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        if pending.shape[0] != target.shape[0]:
+            warnings.warn(
+                f"AutoBalanceCriterion: captured batch of {pending.shape[0]} does not match targets of "
+                f"{target.shape[0]}; batch skipped (is the attached model the one producing the logits?)",
+                RuntimeWarning, stacklevel=3,
+            )
+            return False
+        feats = pending.float() if self.uses_features else pending
+        self._buffer.append((feats, target.detach()))
+        return True
+
+    def _count_step(self) -> bool:
+        self.steps += 1
+        return self.steps > self.start_step and self.steps % self.interval == 0 and bool(self.loss.hparameters())
+
+    def step(self) -> float | None:
+        """Count one lower step and take a hyper-step now when due (call it after the optimizer step).
+
+        Returns:
+            the hypergradient norm when a hyper-step was taken, else ``None``.
+        """
+        if self._count_step():
+            return self.hyper_step()
+        return None
+
+    # ---------------------------------------------------------------------------------- hyper-step
+    @contextlib.contextmanager
+    def _hparams_live(self) -> Iterator[list[nn.Parameter]]:
+        hparams = list(self.loss.hparameters())
+        for h in hparams:
+            h.requires_grad_(True)
+        self._capturing = False
+        try:
+            yield hparams
+        finally:
+            self._capturing = True
+            for h in hparams:
+                h.requires_grad_(False)
+
+    def _next_val_batches(self, device: torch.device) -> list[Batch]:
+        """The next ``val_batches`` batches (one whole pass when ``None``), cycling through the loader but
+        never taking a batch twice in one call."""
+        assert self._attached is not None
+        if self.val_batches is None:
+            out = [_to_device(b, device) for b in self._attached.val()]
+        else:
+            out = []
+            continuing = self._val_iter is not None or self._val_skip > 0
+            start = self._val_pos if continuing else 0  # where this call began in the current pass
+            restarted = False
+            while len(out) < self.val_batches:
+                if self._val_iter is None:
+                    if restarted:
+                        break  # a whole pass was taken in this call
+                    self._val_iter = iter(self._attached.val())
+                    if self._val_skip:  # resumed: continue where the saved run was
+                        for _ in range(self._val_skip):
+                            next(self._val_iter, None)
+                        self._val_skip = 0
+                    else:
+                        restarted = True
+                elif restarted and start and self._val_pos >= start:
+                    break  # wrapped around to where this call began
+                batch = next(self._val_iter, None)
+                if batch is None:
+                    self._val_iter, self._val_pos = None, 0
+                    if not restarted and not start:
+                        break
+                    continue
+                self._val_pos += 1
+                out.append(_to_device(batch, device))
+        if not out:
+            raise ValueError("the validation loader yielded no batches")
+        return out
+
+    @torch.no_grad()
+    def _val_features(self, device: torch.device) -> list[Batch]:
+        assert self._attached is not None
+        if self._val_cache and self._val_age < self.val_every:
+            self._val_age += 1
+            return self._val_cache
+        att = self._attached
+        att.model.eval()
+        feats = []
+        for x, y, *g in self._next_val_batches(device):
+            f = att.features(x).float()
+            feats.append((f, y, *g))
+        self._val_cache, self._val_age = feats, 1
+        return feats
+
+    def _train_buffer(self, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        items = [(x.to(device), t.to(device)) for x, t in self._buffer]
+        if len({t.ndim for _, t in items}) > 1:  # hard and soft targets mixed: make all soft
+            items = [(x, to_soft_targets(t, self.num_classes).float()) for x, t in items]
+        return items
+
+    def _problem(self, hparams: list[nn.Parameter], device: torch.device) -> HyperProblem:
+        att = self._attached
+        assert att is not None
+        model = att.model
+
+        def train_forward(x: Tensor, y: Tensor, fmodel: nn.Module | None = None) -> Tensor:
+            return (fmodel or model)(x).float()
+
+        def val_forward(x: Tensor, fmodel: nn.Module | None = None) -> Tensor:
+            return (fmodel or model)(x).float()
+
+        train = self._train_buffer(device)
+        head = self.uses_features
+        return HyperProblem(
+            model=model,
+            loss=self.loss,
+            hparams=list(hparams),
+            objective=self.objective,
+            train_batches=[] if head else train,
+            val_batches=[] if head else self._next_val_batches(device),
+            train_forward=train_forward,
+            val_forward=val_forward,
+            optimizer=att.optimizer,
+            weight_decay=self.weight_decay,
+            classifier=att.classifier,
+            features=att.features,
+            train_features=train if head else [],
+            val_features=self._val_features(device) if head else [],
+        )
+
+    def hyper_step(self) -> float | None:
+        """One upper step on α now; returns the (unclipped) hypergradient norm, ``None`` when skipped.
+
+        Uses the buffered training batches and fresh validation batches; touches neither the model's
+        weights, ``.grad`` buffers, norm statistics nor the global RNG (all restored), and keeps no graph.
+        A non-finite hypergradient is skipped with a ``RuntimeWarning``.
+        """
+        att = self._attached
+        if att is None:
+            raise RuntimeError(
+                "AutoBalanceCriterion is not attached: call criterion.attach(model, val_loader) before training"
+            )
+        if not self.loss.hparameters():
+            return None
+        if not self._buffer:
+            raise RuntimeError(
+                "AutoBalanceCriterion has no training batches: the attached model's "
+                f"{'classifier ' + type(att.classifier).__name__ if self.uses_features else 'forward'} was not "
+                "called in a training forward (train mode, grad enabled) before the loss; attach the model that "
+                "produces the logits"
+            )
+        device = _device_of(att.model)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(torch.autocast(device.type, enabled=False))
+            stack.enter_context(_model_untouched(att.model))
+            hparams = stack.enter_context(self._hparams_live())
+            grads = [g.detach() for g in self.engine(self._problem(hparams, device))]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for g in grads:
+                dist.all_reduce(g)
+                g.div_(dist.get_world_size())
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        self.last_hypergrad_norm = norm
+        if not math.isfinite(norm):
+            self.skipped_hyper_steps += 1
+            warnings.warn(f"non-finite hypergradient at step {self.steps}: hyper-step skipped",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip > 0 else 1.0
+        for h, g in zip(hparams, grads, strict=True):
+            h.grad = (g * scale).to(h.dtype)
+        self.upper_optimizer.step()
+        self.upper_optimizer.zero_grad(set_to_none=True)
+        self.hyper_steps += 1
+        return norm
+
+    # ------------------------------------------------------------------------------------ reporting
+    @property
+    def alpha(self) -> dict[str, list[float]]:
+        """Per-class ``class_weight``, ``logit_bias``, ``logit_scale`` (what a policy file stores)."""
+        return self.loss.per_class()
+
+    def summary(self) -> dict[str, Any]:
+        """Counters and α, ready for a logger."""
+        return {
+            "steps": self.steps,
+            "hyper_steps": self.hyper_steps,
+            "skipped_hyper_steps": self.skipped_hyper_steps,
+            "hypergrad_norm": self.last_hypergrad_norm,
+            "alpha": self.alpha,
+        }
+
+    def extra_repr(self) -> str:
+        return (f"classes={self.num_classes}, engine={getattr(self.engine, 'name', type(self.engine).__name__)}, "
+                f"interval={self.interval}, learn={list(self.loss.learn)}")
+
+    # -------------------------------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        """Upper optimizer state, counters, validation position and (``save_buffer``) the training buffer."""
+        return {
+            "format": _STATE_FORMAT,
+            "upper_optimizer": self.upper_optimizer.state_dict(),
+            "steps": self.steps,
+            "hyper_steps": self.hyper_steps,
+            "skipped_hyper_steps": self.skipped_hyper_steps,
+            "last_hypergrad_norm": self.last_hypergrad_norm,
+            "val_position": self._val_pos,
+            "due": self._due,
+            "train_buffer": [(x.detach().clone(), t.detach().clone()) for x, t in self._buffer]
+            if self.save_buffer else [],
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError("not an AutoBalanceCriterion state (format mismatch): save it with state_dict()")
+        self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        self.steps = int(state["steps"])
+        self.hyper_steps = int(state["hyper_steps"])
+        self.skipped_hyper_steps = int(state["skipped_hyper_steps"])
+        self.last_hypergrad_norm = state.get("last_hypergrad_norm")
+        self._due = bool(state.get("due", False))
+        self._val_skip, self._val_pos = int(state.get("val_position", 0)), int(state.get("val_position", 0))
+        self._val_iter, self._val_cache, self._pending = None, [], None
+        self._buffer.clear()
+        self._buffer.extend((x, t) for x, t in state.get("train_buffer", []))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AutoBalanceCriterion:
+        out = super()._apply(fn, recurse)
+        if self.upper_optimizer.state:  # re-cast the optimizer state to the parameters' new device / dtype
+            self.upper_optimizer.load_state_dict(self.upper_optimizer.state_dict())
+        return out

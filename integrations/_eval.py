@@ -1,0 +1,45 @@
+"""Evaluation on a loader of preprocessed batches: logits and the imbalance metrics of the core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ab_plugin.objectives import Metrics, compute_metrics
+
+__all__ = ["evaluate_metrics", "predict_logits"]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, loader: Iterable[Sequence[Tensor]], device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Logits ``[N, C]`` (float32, CPU) and labels ``[N]`` of every ``(x, y, ...)`` batch, in eval mode.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            logits.append(model(x.to(dev, non_blocking=True)).float().cpu())
+            labels.append(torch.as_tensor(y).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate_metrics(
+    model: nn.Module,
+    loader: Iterable[Sequence[Tensor]],
+    num_classes: int,
+    device: torch.device | str | None = None,
+) -> Metrics:
+    """Accuracy, balanced error, worst-class and per-class error of ``model`` on ``loader``."""
+    logits, labels = predict_logits(model, loader, device)
+    return compute_metrics(logits, labels.long(), num_classes)

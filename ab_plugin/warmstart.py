@@ -307,7 +307,9 @@ def resolve_storage(spec: str | None, out: str | Path) -> StorageSpec:
                              "mysql+pymysql:// or sqlite:///")
         if not url.host or not url.database:
             raise ValueError(f"--storage {display} needs a host and a database: dialect://user:password@host:port/db")
-        return StorageSpec("server", s, display)
+        url = _installed_driver(url)
+        return StorageSpec("server", url.render_as_string(hide_password=False),
+                           url.render_as_string(hide_password=True))
     if s.endswith((".db", ".sqlite", ".sqlite3")):
         path = Path(s).expanduser().resolve()
         return StorageSpec("sqlite", f"sqlite:///{path}", str(path))
@@ -316,6 +318,31 @@ def resolve_storage(spec: str | None, out: str | Path) -> StorageSpec:
         return StorageSpec("journal", str(path), str(path))
     raise ValueError(f"unknown --storage {s!r}: use sqlite (default, OUT/{STUDY_DB}), journal (OUT/{STUDY_JOURNAL}) "
                      "or a database URL such as postgresql://user:password@host:5432/db")
+
+
+#: Drivers SQLAlchemy can use per backend, its default first (SQLAlchemy 2.1 defaults PostgreSQL to psycopg 3).
+_DRIVERS = {"postgresql": ("psycopg", "psycopg2", "pg8000"), "mysql": ("mysqldb", "pymysql", "mysqlconnector"),
+            "mariadb": ("mysqldb", "pymysql", "mysqlconnector")}
+_DRIVER_MODULES = {"psycopg": "psycopg", "psycopg2": "psycopg2", "pg8000": "pg8000", "mysqldb": "MySQLdb",
+                   "pymysql": "pymysql", "mysqlconnector": "mysql.connector"}
+
+
+def _installed_driver(url: Any) -> Any:
+    """A URL without an explicit driver (``postgresql://``) gets the first installed one of its backend, so that
+    ``psycopg2-binary`` works as well as psycopg 3; an explicit ``dialect+driver://`` is kept as given."""
+    import importlib.util
+
+    if "+" in url.drivername:
+        return url
+    for driver in _DRIVERS.get(url.get_backend_name(), ()):
+        module = _DRIVER_MODULES[driver]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return url.set(drivername=f"{url.get_backend_name()}+{driver}")
+    return url  # none installed: open_storage names the package to install
 
 
 def open_storage(spec: StorageSpec) -> BaseStorage:
@@ -332,17 +359,35 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(spec.target))
     import sqlalchemy.exc
 
-    try:
+    def connect() -> BaseStorage:
         if spec.kind == "sqlite":
             db = spec.target.split(":///", 1)[1] if ":///" in spec.target else ""
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(spec.target, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(spec.target, engine_kwargs={"pool_pre_ping": True},
-                                          heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: stable in practice
+            return optuna.storages.RDBStorage(spec.target, engine_kwargs={"pool_pre_ping": True},
+                                              heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+
+    try:
+        for attempt in range(6):
+            try:
+                return connect()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.ProgrammingError) as e:
+                # workers starting together race to create the tables (a duplicate alembic_version row, an
+                # existing table, a locked file): the next attempt finds them made
+                text = str(e).lower()
+                racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in text or "locked" in text
+                if not racing or attempt == 5:
+                    raise
+                time.sleep(0.2 * (attempt + 1) + 0.1 * (os.getpid() % 7) / 7)
+        raise AssertionError("unreachable")
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise ValueError(f"--storage {spec.display}: its database driver is not installed ({e}): "
-                         "pip install psycopg2-binary (postgresql://) or pymysql (mysql+pymysql://)") from None
+                         "pip install psycopg2-binary or 'psycopg[binary]' (postgresql://), pymysql (mysql://)"
+                         ) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"cannot open --storage {spec.display} ({type(e).__name__}: {first}): check that the "
@@ -537,7 +582,7 @@ def run_warmstart(
         sampler: ``tpe`` or ``random``, seeded with ``base.seed`` (joining workers: a per-process seed).
         trial_epochs: proxy length; ``None``: :func:`default_trial_epochs` of ``base.epochs``.
         space: the ranges searched (:class:`SearchSpace`).
-        enqueue: starting points enqueued when this call creates the study; ``None``:
+        enqueue: starting points enqueued when this call creates the study (at most ``n_trials``); ``None``:
             ``space.known_good(base)`` (LA τ = 1 first).
         timeout: stop this worker after that many seconds (the study stays resumable).
         callbacks: Optuna study callbacks ``(study, frozen_trial)`` called after every trial.
@@ -573,7 +618,7 @@ def run_warmstart(
     settings = _settings(base, space, trial_epochs)
     if created:
         study.set_user_attr(_ATTR_SETTINGS, settings)
-        for params in (space.known_good(base) if enqueue is None else enqueue):
+        for params in list(space.known_good(base) if enqueue is None else enqueue)[:n_trials]:
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:
         _check_settings(study, settings)
@@ -858,7 +903,7 @@ def _render(summary: dict[str, Any]) -> None:
     keys = ["init", "tau", "gamma", "upper_lr", "val_fraction"]
     keys += sorted({k for r in summary["top"] for k in r["params"]} - set(keys))
     table = Table(title=f"warm start {summary['study_name']!r}: best trials (validation balanced error)")
-    for col in ("#", "val bal. err", *keys, "epochs", "seconds"):
+    for col in ("#", "val error", *keys, "epochs", "seconds"):
         table.add_column(col, justify="left" if col in ("init",) else "right")
     for r in summary["top"]:
         p = _fmt_params(r["params"])
@@ -937,8 +982,8 @@ def warmstart_command(out: str, n_trials: int, study_name: str | None, storage: 
     except KeyboardInterrupt:
         click.echo("stopped: finished trials are in the study; rerun the same command to continue", err=True)
         sys.exit(130)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
-        if debug:
+    except Exception as e:
+        if debug or not _is_user_error(e):
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"error: {msg}", err=True)
@@ -947,6 +992,13 @@ def warmstart_command(out: str, n_trials: int, study_name: str | None, storage: 
         click.echo(json.dumps(result.summary, indent=2))
     else:
         _render(result.summary)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors shown as one line (bad input, storage and database problems); anything else is a bug: traceback."""
+    if isinstance(e, (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError)):
+        return True
+    return type(e).__module__.split(".")[0] in ("optuna", "sqlalchemy")
 
 
 def _run_with_progress(cfg: Config, out: Path, *, enabled: bool, n_trials: int, **kwargs: Any) -> WarmstartResult:

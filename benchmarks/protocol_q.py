@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe.update(epochs=2, batch_size=32, warmup_epochs=1, backbone="resnet20")
         n_max = 200
     args = {"data": a.data, "n_max": n_max, "device": a.device, "amp": a.amp, "recipe": recipe,
-            "upper": json.loads(a.upper), "test_per_class": 20 if a.quick else 0, "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
+            "upper": json.loads(a.upper), "test_per_class": 20 if a.quick else 0,
+            "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     skip = done_jobs(out)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     loader = TensorLoader(train, batch_size, shuffle=True, drop_last=True, device=device, seed=args.seed)
     steps = epochs * (max_steps or len(loader))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)  # stepped per iteration
 
     # the integration: one line
     criterion = AutoBalanceCriterion(train.class_counts(), init="la", interval=interval, val_batches=None,

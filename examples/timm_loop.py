@@ -35,14 +35,14 @@ from ab_plugin.integrations import AutoBalanceTimmCallback, SampleTransformDatas
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="1 epoch of 2 small steps (smoke test)")
     p.add_argument("--model", default="resnet20_cifar")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--mixup", type=float, default=0.2, help="mixup alpha (0: off)")
-    p.add_argument("--cutmix", type=float, default=0.5, help="cutmix alpha (0: off)")
-    p.add_argument("--ema-decay", type=float, default=0.95)
+    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    p.add_argument("--ema-decay", type=float, default=0.9)
     p.add_argument("--interval", type=int, default=2)
     p.add_argument("--checkpoint", type=Path, default=None, help="save a resumable checkpoint every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                                    ratio=(0.9, 1.1), hflip=0.0, color_jitter=0.2)])
     eval_tf = Compose([to_float, create_transform(**data_config)])
 
-    def dataset(data, tf):
-        return SampleTransformDataset(TensorDataset(data.images, data.targets), transform=tf)
+    def preprocessed(data):  # deterministic eval transform: apply it once
+        return TensorDataset(torch.stack([eval_tf(img) for img in data.images]), data.targets)
 
-    loader = DataLoader(dataset(train, train_tf), batch_size=batch_size, shuffle=True, drop_last=True)
-    val_loader = DataLoader(dataset(val, eval_tf), batch_size=256)
-    test_loader = DataLoader(dataset(test, eval_tf), batch_size=256)
+    train_set = SampleTransformDataset(TensorDataset(train.images, train.targets), transform=train_tf)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True)
+    val_loader = DataLoader(preprocessed(val), batch_size=256)
+    test_loader = DataLoader(preprocessed(test), batch_size=256)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0:
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         "autobalance": callback.state_dict(), "epoch": epoch + 1, "num_updates": num_updates},
                        args.checkpoint)
     callback.on_train_end()
+    m = evaluate_metrics(ema.module, test_loader, num_classes)
 
     moved = float((torch.tensor(callback.criterion.alpha["logit_bias"]) - start).abs().max())
     seconds = time.perf_counter() - t0

@@ -27,8 +27,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 
 from ab_plugin.data import create_dataset, split_per_class
-from ab_plugin.integrations import AutoBalanceCriterion, PerClassCollate, SampleTransformDataset, evaluate
-from ab_plugin.integrations import train_one_epoch
+from ab_plugin.integrations import (
+    AutoBalanceCriterion,
+    PerClassCollate,
+    SampleTransformDataset,
+    evaluate,
+    train_one_epoch,
+)
 from ab_plugin.policies import (
     FORMAT_VERSION,
     ClassPolicy,

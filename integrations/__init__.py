@@ -12,6 +12,7 @@ The smallest integration is the criterion alone::
 - torchvision: :func:`train_one_epoch`, :func:`evaluate` (reference-shaped), :class:`PerClassCollate`,
   :class:`SampleTransformDataset` (per-class policies in ``transforms.v2`` pipelines).
 - Lightning (``pip install 'ab-plugin[lightning]'``): :class:`AutoBalanceCallback`.
+- Optuna (for ab-plugin's own :class:`~ab_plugin.trainer.Trainer`): :class:`TrialPruningCallback`.
 - :func:`evaluate_metrics`, :func:`predict_logits`: imbalance metrics on any loader.
 
 Framework modules are imported on first use of a name (``import ab_plugin.integrations`` never imports
@@ -29,6 +30,7 @@ from ._imports import install_hint, try_import
 
 if TYPE_CHECKING:
     from ._lightning import AutoBalanceCallback
+    from ._optuna import TrialPruningCallback
     from ._timm import AutoBalanceTimmCallback, TimmRun, train_timm
     from ._torchvision import PerClassCollate, SampleTransformDataset, evaluate, train_one_epoch
 
@@ -41,6 +43,7 @@ _LAZY = {
     "evaluate": "._torchvision",
     "train_one_epoch": "._torchvision",
     "AutoBalanceCallback": "._lightning",
+    "TrialPruningCallback": "._optuna",
 }
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "PerClassCollate",
     "SampleTransformDataset",
     "TimmRun",
+    "TrialPruningCallback",
     "ValSource",
     "evaluate",
     "evaluate_metrics",

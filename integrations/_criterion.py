@@ -50,10 +50,12 @@ _STATE_FORMAT = 1
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
             return model
-        model = inner
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -119,17 +121,18 @@ class _Attachment:
 
 @contextlib.contextmanager
 def _model_untouched(model: nn.Module) -> Iterator[None]:
-    """Norm-layer running statistics, train/eval mode and the global RNG are restored on exit."""
+    """Norm-layer running statistics, every submodule's train/eval mode and the global RNG are restored on exit."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     saved = [[b.detach().clone() for b in m.buffers(recurse=False)] for m in norms]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     dev = _device_of(model)
     rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=rng_devices), frozen_norm_stats(model):
             yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         with torch.no_grad():
             for m, bufs in zip(norms, saved, strict=True):
                 for b, s in zip(m.buffers(recurse=False), bufs, strict=True):
@@ -317,7 +320,7 @@ class AutoBalanceCriterion(nn.Module):
                                                                            trigger=False)))
         self._attached = _Attachment(net, features, classifier, source, optimizer, handles)
         self.to(_device_of(net))
-        self._val_iter, self._val_cache = None, []
+        self._val_iter, self._val_cache, self._val_pos = None, [], self._val_skip  # a fresh pass unless resumed
         return self
 
     def detach(self) -> None:
@@ -341,8 +344,9 @@ class AutoBalanceCriterion(nn.Module):
         captured classifier input with ``target`` in the buffer and, with ``auto_step``, counts one lower step;
         when a hyper-step is due the ``head`` engine takes it here (before computing the returned loss, so
         it uses the new α; only the classifier is involved, the caller's pending graph is safe), the other
-        engines at the start of the model's next training forward (their train-mode passes write the norm
-        statistics that the caller's pending backward still needs).
+        engines at the start of the model's next training forward, after the caller's backward and optimizer
+        step (their train-mode double-backward passes through the whole network would otherwise run while the
+        caller's graph is held, and may write module state that graph saved, e.g. restored norm statistics).
         """
         if self.training and torch.is_grad_enabled() and logits.requires_grad:
             self.record(target)
@@ -494,7 +498,8 @@ class AutoBalanceCriterion(nn.Module):
         att = self._attached
         if att is None:
             raise RuntimeError(
-                "AutoBalanceCriterion is not attached: call criterion.attach(model, val_loader) before training"
+                "AutoBalanceCriterion is not attached: call criterion.attach(model, val_loader) before training "
+                "(to train with α fixed, use criterion.loss instead)"
             )
         if not self.loss.hparameters():
             return None

@@ -18,10 +18,10 @@ def predict_logits(
 ) -> tuple[Tensor, Tensor]:
     """Logits ``[N, C]`` (float32, CPU) and labels ``[N]`` of every ``(x, y, ...)`` batch, in eval mode.
 
-    The model's train/eval mode is restored afterwards.
+    Every submodule's train/eval mode is restored afterwards.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     logits, labels = [], []
     try:
@@ -30,7 +30,8 @@ def predict_logits(
             logits.append(model(x.to(dev, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:
-        model.train(was)
+        for m, training in modes:
+            m.training = training
     return torch.cat(logits), torch.cat(labels)
 
 

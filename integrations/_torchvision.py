@@ -185,7 +185,7 @@ def evaluate(
         ``{"loss", "acc1", "balanced_error", "worst_class_error", "per_class_error"}``.
     """
     dev = torch.device(device)
-    was = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     logits, labels, total = [], [], 0.0
     with torch.inference_mode():
@@ -195,7 +195,8 @@ def evaluate(
             total += float(criterion(output, target)) * image.shape[0]
             logits.append(output.float().cpu())
             labels.append(target.cpu())
-    model.train(was)
+    for m, training in modes:
+        m.training = training
     z, y = torch.cat(logits), torch.cat(labels).long()
     m = compute_metrics(z, y, num_classes or z.shape[1])
     return {"loss": total / max(1, len(y)), "acc1": 100.0 * m.accuracy, "balanced_error": m.balanced_error,

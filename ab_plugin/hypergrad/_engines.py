@@ -27,9 +27,10 @@ class HyperProblem:
 
     ``train_batches`` / ``val_batches``: lists of ``(x uint8 [B,3,H,W], y [B], (groups [B]))`` on the
     device. ``train_forward(x, y, model=None)`` augments, normalises and runs the model (or the given
-    functional copy of it); ``val_forward(x, model=None)`` runs it without augmentation. ``features`` / ``classifier`` split the model
-    (``classifier(features(x)) == model(x)``); ``train_features`` / ``val_features`` are detached
-    ``(features [B, D], y[, groups])`` already computed by the training loop (head engine).
+    functional copy of it); ``val_forward(x, model=None)`` runs it without augmentation.
+    ``features`` / ``classifier`` split the model (``classifier(features(x)) == model(x)``);
+    ``train_features`` / ``val_features`` are detached ``(features [B, D], y[, groups])`` already
+    computed by the training loop (head engine).
     """
 
     model: nn.Module

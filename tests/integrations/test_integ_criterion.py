@@ -93,6 +93,7 @@ def test_alpha_moves_and_the_callers_optimizer_trains_the_model():
 def test_hyper_step_leaves_grads_weights_norm_stats_and_rng_untouched():
     model, opt, crit = new_setup()
     train(model, opt, crit, batches(3))  # fills the buffer
+    model.body[1].eval()  # a frozen BatchNorm inside a training model must stay frozen
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.125)
     weights = copy.deepcopy(model.state_dict())  # includes BN running statistics
@@ -104,7 +105,7 @@ def test_hyper_step_leaves_grads_weights_norm_stats_and_rng_untouched():
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
     assert torch.equal(torch.get_rng_state(), rng)
-    assert model.training == was_training
+    assert model.training == was_training and not model.body[1].training
     assert all(not h.requires_grad for h in crit.loss.hparameters())
 
 
@@ -232,3 +233,21 @@ def test_lightning_is_imported_lazily_and_missing_lightning_gives_the_hint():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "install lightning: pip install 'ab-plugin[lightning]'" in out.stdout
+
+
+def test_validation_batches_cycle_without_repeats_and_resume_in_place():
+    tagged = [(torch.full((2, 3, 8, 8), float(i)), torch.tensor([i % C, 0])) for i in range(5)]
+
+    def take(crit):
+        return [int(x[0, 0, 0, 0]) for x, *_ in crit._next_val_batches(torch.device("cpu"))]
+
+    crit = AutoBalanceCriterion(COUNTS, val_batches=2).attach(Tiny(), tagged)
+    assert [take(crit), take(crit), take(crit)] == [[0, 1], [2, 3], [4, 0]]
+    resumed = AutoBalanceCriterion(COUNTS, val_batches=2)
+    resumed.load_state_dict(crit.state_dict())
+    resumed.attach(Tiny(), lambda: iter(tagged))  # a callable source works too
+    assert take(resumed) == take(crit) == [1, 2]
+    short = AutoBalanceCriterion(COUNTS, val_batches=4).attach(Tiny(), tagged[:3])
+    assert take(short) == [0, 1, 2]  # never the same batch twice in one hyper-step
+    assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged)._next_val_batches(
+        torch.device("cpu")).__len__() == 5

@@ -27,7 +27,9 @@ def _option_for(f: dataclasses.Field) -> Callable:
     default = f.default
     if isinstance(default, bool):
         return click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=f"[default: {default}]")
-    kind = {int: int, float: float}.get(type(default), str)
+    # the annotation decides the type, so `int | None` fields (e.g. --n-max) parse as int
+    ann = str(f.type)
+    kind = int if ann.startswith("int") else float if ann.startswith("float") else str
     return click.option(name, f.name, type=kind, default=None, help=f"[default: {default}]")
 
 
@@ -189,9 +191,13 @@ def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
               help="comma list of baselines trained alongside for the report (e.g. ce,la); '' for none")
 @click.option("--download", is_flag=True, help="allow torchvision to download CIFAR into --data-dir")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--warmstart", default=None, metavar="STUDY|N",
+              help="start from the best trial of a warm-start study: a warmstart run folder, a study name "
+                   "(with --warmstart-storage), or N to run an N-trial study in OUT/warmstart first")
+@click.option("--warmstart-storage", default=None, help="database URL of a --warmstart study name")
 @common
 def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: str, download: bool, quiet: bool,
-           fmt: str, **kwargs: Any) -> None:
+           warmstart: str | None, warmstart_storage: str | None, fmt: str, **kwargs: Any) -> None:
     """Search α = (w, l, Δ, A) by bilevel optimisation, then retrain with α*.
 
     \b
@@ -206,6 +212,10 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     out_p = Path(out)
     # --resume alone continues with the run's own settings
     cfg = _resolve_config(kwargs, read_run_config(out_p)[1] if resume and (out_p / "config.yaml").exists() else None)
+    if warmstart:
+        from .warmstart import warmstart_config
+
+        cfg = warmstart_config(cfg, warmstart, storage=warmstart_storage, out=out_p)
     _check_names(cfg)
     prepare_run_folder(out_p, cfg, resume=resume, overwrite=overwrite, command="search")
     bundle = load_bundle(cfg, download)
@@ -383,6 +393,14 @@ def show(policy: str, heatmap: str | None, fmt: str) -> None:
 
     _emit(fmt, summary, render)
 
+
+def _register() -> None:
+    from .warmstart import warmstart_command
+
+    main.add_command(warmstart_command, "warmstart")
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -382,6 +382,10 @@ def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module
 
     Shapes: ``features_fn``: ``[B, 3, H, W] -> [B, D]``; ``classifier``: ``[B, D] -> [B, C]``.
     """
+    # DDP / DataParallel keep the model in .module, torch.compile in ._orig_mod
+    while isinstance(getattr(model, "module", None), nn.Module) or isinstance(getattr(model, "_orig_mod", None),
+                                                                              nn.Module):
+        model = getattr(model, "module", None) or model._orig_mod
     if all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
         classifier = model.get_classifier()
         if isinstance(classifier, nn.Module):

@@ -28,7 +28,7 @@ def test_wheel_has_one_import_root(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import ab_plugin, ab_plugin.policies, ab_plugin.integrations; "
-            "assert ab_plugin.__file__.startswith(%r); print('ok')" % str(site))
+            f"assert ab_plugin.__file__.startswith({str(site)!r}); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..losses import to_soft_targets
 from ._implicit import implicit_grad
 from ._unrolled import unrolled_grad
 
@@ -109,7 +110,11 @@ class HeadEngine(HypergradEngine):
         weights = [p for p in params if p.ndim > 1]
         wd = problem.weight_decay
         feats = torch.cat([b[0] for b in problem.train_features]).float()
-        labels = torch.cat([b[1] for b in problem.train_features])
+        targets = [b[1] for b in problem.train_features]
+        if any(t.ndim == 2 for t in targets):  # mixup batches beside hard-label ones: all soft
+            n = next(t.shape[1] for t in targets if t.ndim == 2)
+            targets = [to_soft_targets(t, n) for t in targets]
+        labels = torch.cat(targets)
         pieces = [lambda: problem.loss(clf(feats), labels) + 0.5 * wd * _l2(weights)]
         if problem.augment_learned and problem.augment_features is not None and problem.train_batches:
             # one live batch carries the graph from the policy parameters to the features

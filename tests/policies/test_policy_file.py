@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from ab_plugin.policies import (
     FORMAT_VERSION,
     OPS,
@@ -27,8 +30,6 @@ from ab_plugin.policies import (
     policy_to_module,
     save_policy,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def _policy_file(c: int = 3, *, module: ClassPolicy | None = None) -> PolicyFile:

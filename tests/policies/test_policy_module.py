@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ab_plugin.policies import DEFAULT_OPS, OPS, ClassPolicy, create_policy
 from torch.func import functional_call
 from torchvision.transforms.v2 import functional as TF
+
+from ab_plugin.policies import DEFAULT_OPS, OPS, ClassPolicy, create_policy
 
 ALL_OPS = tuple(OPS)
 

@@ -8,6 +8,11 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from rich.console import Console
+from torchvision import tv_tensors
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
 from ab_plugin.policies import (
     FORMAT_VERSION,
     OPS,
@@ -21,10 +26,6 @@ from ab_plugin.policies import (
     policy_table,
     save_policy,
 )
-from rich.console import Console
-from torchvision import tv_tensors
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
 
 
 def _module(p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness", "rotate"), crop_flip: bool = False):

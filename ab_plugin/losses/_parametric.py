@@ -36,6 +36,10 @@ class ParametricCrossEntropy(nn.Module):
             (then ``Δ = sigmoid(1)`` as in the reference code).
         learn: which of ``class_weight``, ``logit_bias``, ``logit_scale`` the upper level tunes.
         margin: fixed LDAM margins ``[C]`` taken off the true-class logit; ``margin_scale`` ``s``.
+
+    The learned raw tensors are ``nn.Parameter``s with ``requires_grad=True``: when this module is a
+    sub-module of a model, keep them out of the lower optimiser (``backward(inputs=...)`` as the
+    Trainer does, or ``AutoBalanceCriterion`` which owns α), or the training loss will move α.
     """
 
     def __init__(

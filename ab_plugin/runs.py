@@ -142,7 +142,10 @@ def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
 
     paths = []
     final = results.get("retrain") or results.get("search") or next(iter(results.values()))
-    errors = {name: r.test_metrics["per_class_error"] for name, r in results.items()
+    def label(name: str) -> str:
+        return "AutoBalance" if name == "retrain" else name.removeprefix("baseline-").upper()
+
+    errors = {label(name): r.test_metrics["per_class_error"] for name, r in results.items()
               if r.test_metrics and name != "search"} or {"final": final.test_metrics["per_class_error"]}
     p = out / "per_class_error.png"
     plot_per_class_error(final.class_counts, errors, p)

@@ -68,6 +68,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
+from ._options import _resolve_config
+from ._options import config_options as _config_options
 from .config import Config
 from .integrations._optuna import TrialPruningCallback, import_optuna
 from .io import atomic_write, write_json
@@ -845,41 +847,6 @@ def warmstart_config(base: Config, spec: str, *, storage: str | None, out: Path,
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-# Config fields not exposed as options (reachable through --config YAML), as in `ab-plugin search`.
-_HIDDEN = {"engine_options", "milestones", "learn"}
-
-
-def _config_options(fn: Callable) -> Callable:
-    """One option per Config field plus --config and --learn (the conventions of `ab-plugin search`)."""
-    for f in reversed([f for f in dataclasses.fields(Config) if f.name not in _HIDDEN]):
-        name = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            fn = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=f"[default: {f.default}]")(fn)
-        else:
-            # typed by the annotation, so that `int | None` fields such as n_max parse as numbers
-            declared = str(f.type).split("|")[0].strip()
-            kind = {"int": int, "float": float}.get(declared, {int: int, float: float}.get(type(f.default), str))
-            fn = click.option(name, f.name, type=kind, default=None, help=f"[default: {f.default}]")(fn)
-    fn = click.option("--learn", "learn", default=None,
-                      help="comma list of class_weight,logit_bias,logit_scale [default: logit_bias,logit_scale]")(fn)
-    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                      help="YAML file of config keys; command-line options override it")(fn)
-    return fn
-
-
-def _resolve_config(kwargs: dict[str, Any]) -> Config:
-    base = Config.from_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else Config()
-    kwargs.pop("config_file", None)
-    learn = kwargs.pop("learn", None)
-    names = {f.name for f in dataclasses.fields(Config)}
-    changes = {k: v for k, v in kwargs.items() if k in names and v is not None}
-    if learn:
-        changes["learn"] = tuple(s.strip() for s in learn.split(",") if s.strip())
-    cfg = base.replace(**changes)
-    cfg.validate()
-    return cfg
-
-
 @contextlib.contextmanager
 def _quiet_optuna() -> Iterator[None]:
     optuna = import_optuna()

@@ -257,8 +257,8 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
       ab-plugin retrain runs/demo --backbone resnet56 --out runs/r56
     """
     from .policies import check_num_classes, load_policy
-    from .runs import load_bundle, prepare_run_folder, read_run_config
-    from .search import RunResult, retrain
+    from .runs import load_bundle, prepare_run_folder, read_run_config, run_stage
+    from .search import retrain
 
     src = Path(source)
     cfg = _resolve_config(kwargs, read_run_config(src)[1] if src.is_dir() else None)
@@ -266,13 +266,11 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     bundle = load_bundle(cfg)
     check_num_classes(pf, bundle.train.num_classes)
     prepare_run_folder(Path(out), cfg, resume=resume, overwrite=overwrite, command="retrain")
-    from .runs import _stage
-
     with _progress(fmt == "table" and not quiet) as progress:
-        result = _stage(Path(out), "retrain", lambda d, r: retrain(
+        result = run_stage(Path(out), "retrain", lambda d, r: retrain(
             pf.loss, bundle, cfg, augmentation=pf.augmentation, run_dir=d, resume=r,
             callbacks=[RichProgress(progress, "retrain", cfg)]))
-    _finish_run(Path(out), {"retrain": RunResult.from_dict(result.to_dict())}, fmt, "retrain")
+    _finish_run(Path(out), {"retrain": result}, fmt, "retrain")
 
 
 @main.command()
@@ -304,7 +302,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     from .losses import ParametricCrossEntropy
 
     trainer = Trainer(model, ParametricCrossEntropy(bundle.train.num_classes), bundle.train,
-                      cfg.replace(device=cfg.device), mean=bundle.mean, std=bundle.std)
+                      cfg, mean=bundle.mean, std=bundle.std)
     logits, _ = trainer.predict(bundle.test)
     groups = bundle.test.groups.to(trainer.device) if bundle.test.groups is not None else None
     m = compute_metrics(logits, bundle.test.targets.to(trainer.device), bundle.train.num_classes, groups).to_dict()

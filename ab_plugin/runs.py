@@ -80,7 +80,7 @@ def read_run_config(out: Path) -> tuple[str, Config]:
     return command, Config.from_dict(data)
 
 
-def _stage(out: Path, name: str, run: Callable[[Path, bool], RunResult]) -> RunResult:
+def run_stage(out: Path, name: str, run: Callable[[Path, bool], RunResult]) -> RunResult:
     """Run one stage in ``out/name`` unless it already finished; resume from its checkpoint if any."""
     stage = out / name
     done = stage / RESULT
@@ -99,20 +99,20 @@ def run_search(out: Path, cfg: Config, bundle: DatasetBundle, *, do_retrain: boo
                ) -> dict[str, RunResult]:
     """Search, then (optionally) retrain and train comparison baselines; every stage resumable."""
     results: dict[str, RunResult] = {}
-    results["search"] = _stage(out, "search", lambda d, r: AutoBalance(cfg).fit(
+    results["search"] = run_stage(out, "search", lambda d, r: AutoBalance(cfg).fit(
         bundle, run_dir=d, resume=r, callbacks=callbacks_for("search", cfg)))
     if do_retrain:
-        results["retrain"] = _stage(out, "retrain", lambda d, r: retrain(
+        results["retrain"] = run_stage(out, "retrain", lambda d, r: retrain(
             results["search"], bundle, cfg, run_dir=d, resume=r, callbacks=callbacks_for("retrain", cfg)))
     for name in compare:
-        results[f"baseline-{name}"] = _stage(out, f"baseline-{name}", lambda d, r, n=name: train_baseline(
+        results[f"baseline-{name}"] = run_stage(out, f"baseline-{name}", lambda d, r, n=name: train_baseline(
             n, bundle, cfg, run_dir=d, resume=r, callbacks=callbacks_for(f"baseline-{n}", cfg)))
     return results
 
 
 def run_baseline(out: Path, name: str, cfg: Config, bundle: DatasetBundle,
                  callbacks: Sequence[Any] = ()) -> dict[str, RunResult]:
-    return {f"baseline-{name}": _stage(out, f"baseline-{name}", lambda d, r: train_baseline(
+    return {f"baseline-{name}": run_stage(out, f"baseline-{name}", lambda d, r: train_baseline(
         name, bundle, cfg, run_dir=d, resume=r, callbacks=callbacks))}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,10 +186,7 @@ def train_baseline(
     policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, bundle.train.num_classes)
     torch.manual_seed(cfg.seed)
     model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
-    t0 = time.perf_counter()
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       test=bundle.test, run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
-    result = _finish(trainer, "baseline", name, bundle.train, bundle.test)
-    result.seconds = result.seconds or time.perf_counter() - t0
-    return result
+    return _finish(trainer, "baseline", name, bundle.train, bundle.test)

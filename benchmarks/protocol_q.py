@@ -120,29 +120,27 @@ def _worker(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
         return {"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"}
 
 
-def done_jobs(path: Path) -> set[tuple[str, int]]:
-    if not path.exists():
-        return set()
-    out = set()
-    for line in path.read_text().splitlines():
+def finished_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of finished jobs (failed jobs and a torn last line are left out)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
         if "error" not in r:
-            out.add((r["method"], r["seed"]))
-    return out
+            rows.append(r)
+    return rows
+
+
+def done_jobs(path: Path) -> set[tuple[str, int]]:
+    return {(r["method"], r["seed"]) for r in finished_rows(path)}
 
 
 def table(path: Path) -> str:
     rows: dict[str, list[dict[str, Any]]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "error" not in r:
-            rows.setdefault(r["method"], []).append(r)
+    for r in finished_rows(path):
+        rows.setdefault(r["method"], []).append(r)
 
     def ms(vals: list[float]) -> str:
         if len(vals) == 1:

@@ -591,3 +591,20 @@ class AutoBalanceCriterion(nn.Module):
         if self.upper_optimizer.state:  # re-cast the optimizer state to the parameters' new device / dtype
             self.upper_optimizer.load_state_dict(self.upper_optimizer.state_dict())
         return out
+
+
+def callback_criterion(owner: str, class_counts: Sequence[int] | Tensor | None,
+                       criterion: AutoBalanceCriterion | None, options: dict[str, Any]) -> AutoBalanceCriterion:
+    """The criterion a training-loop callback drives: the given one, or one built from the options.
+
+    Callbacks take their hyper-steps explicitly (``step()`` after the caller's optimizer step), so
+    the criterion's own per-call stepping is switched off.
+    """
+    if criterion is None:
+        if class_counts is None:
+            raise ValueError(f"{owner} needs class_counts (or an AutoBalanceCriterion)")
+        criterion = AutoBalanceCriterion(class_counts, **options)
+    elif options:
+        raise ValueError("pass either criterion=... or criterion options, not both")
+    criterion.auto_step = False
+    return criterion

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ab_plugin.models import split_model
 
-from ._criterion import AutoBalanceCriterion, ValSource
+from ._criterion import AutoBalanceCriterion, ValSource, callback_criterion
 from ._imports import try_import
 
 with try_import("lightning", extra="lightning") as _lightning_import:
@@ -97,14 +97,7 @@ class AutoBalanceCallback(_Base):
     ) -> None:
         _lightning_import.check()
         super().__init__()
-        if criterion is None:
-            if class_counts is None:
-                raise ValueError("AutoBalanceCallback needs class_counts (or an AutoBalanceCriterion)")
-            criterion = AutoBalanceCriterion(class_counts, **criterion_options)
-        elif criterion_options:
-            raise ValueError("pass either criterion=... or criterion options, not both")
-        criterion.auto_step = False
-        self.criterion = criterion
+        self.criterion = callback_criterion("AutoBalanceCallback", class_counts, criterion, criterion_options)
         self.val_loader = val_loader
         self.model_attr, self.criterion_attr, self.log_metrics = model_attr, criterion_attr, log_metrics
         self._original: Any = _MISSING

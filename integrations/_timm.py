@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._criterion import AutoBalanceCriterion, ValSource
+from ._criterion import AutoBalanceCriterion, ValSource, callback_criterion
 from ._eval import evaluate_metrics
 from ._imports import try_import
 
@@ -67,14 +67,7 @@ class AutoBalanceTimmCallback:
         criterion: AutoBalanceCriterion | None = None,
         **criterion_options: Any,
     ) -> None:
-        if criterion is None:
-            if class_counts is None:
-                raise ValueError("AutoBalanceTimmCallback needs class_counts (or an AutoBalanceCriterion)")
-            criterion = AutoBalanceCriterion(class_counts, **criterion_options)
-        elif criterion_options:
-            raise ValueError("pass either criterion=... or criterion options, not both")
-        criterion.auto_step = False
-        self.criterion = criterion
+        self.criterion = callback_criterion("AutoBalanceTimmCallback", class_counts, criterion, criterion_options)
         self.val_loader = val_loader
         self.history: list[dict[str, Any]] = []
 

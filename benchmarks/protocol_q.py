@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,30 @@ AUTOBALANCE = {
 }
 METHODS = BASELINES + list(AUTOBALANCE)
 
-RECIPE = dict(backbone="resnet32", epochs=50, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-              warmup_epochs=5, schedule="cosine", augment="fixed")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A benchmark protocol: data size, training recipe, AutoBalance upper-level settings and methods."""
+
+    name: str
+    n_max: int
+    recipe: dict[str, Any]
+    methods: tuple[str, ...]
+    out: str
+    upper: dict[str, Any] = field(default_factory=dict)
+
+
+Q = Protocol(
+    name="Q",
+    n_max=1000,
+    recipe=dict(backbone="resnet32", epochs=50, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                warmup_epochs=5, schedule="cosine", augment="fixed"),
+    methods=tuple(METHODS),
+    out="q.jsonl",
+)
+QUICK_RECIPE = dict(epochs=2, batch_size=32, warmup_epochs=1, backbone="resnet20")
+QUICK_N_MAX = 200
 
 
 def machine() -> str:
@@ -74,8 +97,7 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         keep = torch.cat([torch.nonzero(bundle.test.targets == c).flatten()[: args["test_per_class"]]
                           for c in range(bundle.test.num_classes)])
         bundle.test = bundle.test.subset(keep)
-    recipe = {**RECIPE, **args.get("recipe", {})}
-    base = dict(recipe, dataset="cifar10-lt-q", seed=seed, device=args["device"], amp=args["amp"])
+    base = dict(args["recipe"], dataset="cifar10-lt-q", seed=seed, device=args["device"], amp=args["amp"])
     t0 = time.perf_counter()
     out: dict[str, Any] = {"method": method, "seed": seed}
     method, overrides = parse_method(method)
@@ -88,7 +110,7 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         search = AutoBalance(cfg).fit(bundle)
         res = retrain(search, bundle, cfg)
         out.update(search_seconds=search.seconds, train_seconds=res.seconds, hyper_steps=search.hyper_steps,
-                   alpha=search.alpha, search_val=search.val_metrics)
+                   alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation)
     m = res.test_metrics
     out.update(balanced_error=100 * m["balanced_error"], worst_class_error=100 * m["worst_class_error"],
                per_class_error=[100 * e for e in m["per_class_error"]], accuracy=100 * m["accuracy"],
@@ -137,7 +159,7 @@ def done_jobs(path: Path) -> set[tuple[str, int]]:
     return {(r["method"], r["seed"]) for r in finished_rows(path)}
 
 
-def table(path: Path) -> str:
+def table(path: Path, methods: tuple[str, ...] = tuple(METHODS)) -> str:
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in finished_rows(path):
         rows.setdefault(r["method"], []).append(r)
@@ -149,7 +171,7 @@ def table(path: Path) -> str:
 
     lines = ["| method | seeds | balanced error % | worst-class error % | train s | search s |",
              "|---|---|---|---|---|---|"]
-    for m in METHODS + sorted(set(rows) - set(METHODS)):
+    for m in list(methods) + sorted(set(rows) - set(methods)):
         if m not in rows:
             lines.append(f"| {m} | – | not run | not run | not run | not run |")
             continue
@@ -161,51 +183,57 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None = __doc__) -> int:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"))
-    p.add_argument("--methods", default="all", help="comma list or 'all': " + ",".join(METHODS))
+    p.add_argument("--methods", default="all", help="comma list or 'all': " + ",".join(protocol.methods))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=1, help="parallel jobs (processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job [default: cores / workers]")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
-    p.add_argument("--n-max", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=None, help="override the 50 epochs (not protocol Q then)")
+    p.add_argument("--n-max", type=int, default=protocol.n_max)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"override the {protocol.recipe['epochs']} epochs (not protocol {protocol.name} then)")
     p.add_argument("--upper", default="{}", help="JSON dict of Config overrides for the AutoBalance rows")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "q.jsonl"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / protocol.out))
     p.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
     p.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
     a = p.parse_args(argv)
     if a.table:
-        print(table(Path(a.table)))
+        print(table(Path(a.table), protocol.methods))
         return 0
     if not Path(a.data).exists():
         print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
         return 2
-    methods = METHODS if a.methods == "all" else [m.strip() for m in a.methods.split(",")]
+    methods = list(protocol.methods) if a.methods == "all" else [m.strip() for m in a.methods.split(",")]
     unknown = sorted({parse_method(m)[0] for m in methods} - set(METHODS))
     if unknown:
         print(f"error: unknown methods {unknown}: choose from {METHODS}", file=sys.stderr)
         return 2
+    try:
+        upper = {**protocol.upper, **json.loads(a.upper)}
+    except json.JSONDecodeError as e:
+        print(f"error: --upper is not a JSON object ({e}): pass e.g. '{{\"engine\": \"head\"}}'", file=sys.stderr)
+        return 2
     seeds = [int(s) for s in a.seeds.split(",")]
-    recipe: dict[str, Any] = {}
+    recipe = dict(protocol.recipe)
     if a.epochs:
         recipe["epochs"] = a.epochs
     n_max = a.n_max
     if a.quick:
-        recipe.update(epochs=2, batch_size=32, warmup_epochs=1, backbone="resnet20")
-        n_max = 200
-    args = {"data": a.data, "n_max": n_max, "device": a.device, "amp": a.amp, "recipe": recipe,
-            "upper": json.loads(a.upper), "test_per_class": 20 if a.quick else 0,
-            "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
+        recipe.update(QUICK_RECIPE)
+        n_max = QUICK_N_MAX
+    args = {"data": a.data, "n_max": n_max, "device": a.device, "amp": a.amp, "recipe": recipe, "upper": upper,
+            "test_per_class": 20 if a.quick else 0, "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     skip = done_jobs(out)
     jobs = [(m, s, args) for s in seeds for m in methods if (m, s) not in skip]
-    header = {"protocol": "Q" if not (a.quick or a.epochs or a.n_max != 1000) else "Q-modified",
+    exact = recipe == protocol.recipe and n_max == protocol.n_max and upper == protocol.upper
+    header = {"protocol": protocol.name if exact else f"{protocol.name}-modified",
               "machine": machine(), "date": date.today().isoformat(), "revision": revision(),
-              "command": " ".join([sys.executable, *sys.argv]), "recipe": {**RECIPE, **recipe}, "n_max": n_max}
+              "command": " ".join([sys.executable, *sys.argv]), "recipe": recipe, "upper": upper, "n_max": n_max}
     with open(out.with_suffix(".meta.jsonl"), "a") as f:
         f.write(json.dumps(header) + "\n")
     ctx = mp.get_context("spawn")
@@ -215,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(r) + "\n")
             status = r.get("error") or f"balanced error {r['balanced_error']:.2f}%"
             print(f"{r['method']:>10} seed {r['seed']}: {status}", flush=True)
-    print(table(out))
+    print(table(out, protocol.methods))
     return 0
 
 

@@ -7,8 +7,8 @@ s1: each row runs in its own subprocess, back to back on the same machine, on CI
 data) with ResNet-32 and batch 128; the upper level is active from the first epoch. Reported: median
 epoch time after the first epoch, its ratio to the plain-CE row, peak memory (RSS on CPU, max
 allocated on CUDA) and its ratio. ``whole`` rows run a full search schedule (40 % warm-up) against
-plain training of the same epochs. s4: time of one head-engine hyper-step against the number of
-classes, per class and with a 3-term frequency dictionary, on synthetic features.
+plain training of the same epochs. s4: time of one hyper-step of each engine against the number of
+classes, per class and with a 3-term frequency dictionary, on synthetic data (see ``s4``).
 """
 
 from __future__ import annotations
@@ -87,11 +87,19 @@ def s1(a: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+# S4 engine settings: the S1 rows' (the paper's 5 Neumann terms; 5 CG iterations; one unrolled step)
+S4_ENGINES: dict[str, dict[str, Any]] = {"head": {}, "neumann": {"terms": 5, "step": 0.1}, "cg": {"iters": 5},
+                                         "unrolled": {"steps": 1}}
+
+
 def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """One head-engine hyper-step on synthetic features: 10 batches x 128, D = 64."""
+    """One hyper-step vs the number of classes, on synthetic 64-d inputs: 10 training and 10 validation
+    batches of 128. ``head`` works on them as cached features of a linear classifier; the full-network
+    engines (neumann, cg, unrolled) differentiate through a 64-256-C MLP, so the class-dependent part of
+    their cost shows instead of a backbone's fixed cost."""
     import torch
 
-    from ab_plugin.hypergrad import HeadEngine, HyperProblem
+    from ab_plugin.hypergrad import HyperProblem, create_engine
     from ab_plugin.losses import create_loss, create_sharing
     from ab_plugin.objectives import balanced_ce
 
@@ -99,25 +107,35 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for c in [int(x) for x in a.classes.split(",")]:
         counts = torch.clamp((1000 * torch.tensor(100.0) ** (-torch.arange(c) / max(1, c - 1))).ceil(), min=2).long()
-        for sharing in ("per_class", "poly:3"):
-            loss = create_loss("autobalance", counts, init="la", sharing=create_sharing(sharing, counts))
-            clf = torch.nn.Linear(64, c)
-            feats = [(torch.randn(128, 64), torch.randint(0, c, (128,))) for _ in range(10)]
-            val = [(torch.randn(1280, 64), torch.randint(0, c, (1280,)))]
-            problem = HyperProblem(model=clf, loss=loss, hparams=loss.hparameters(), objective=balanced_ce,
-                                   train_batches=[], val_batches=[], train_forward=None, val_forward=None,
-                                   classifier=clf, train_features=feats, val_features=val, weight_decay=5e-4)
-            engine = HeadEngine()
-            engine(problem)  # warm-up
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                engine(problem)
-                times.append(time.perf_counter() - t0)
-            r = {"classes": c, "sharing": sharing, "hparams": sum(p.numel() for p in loss.hparameters()),
-                 "seconds": statistics.median(times)}
-            out.append(r)
-            print(json.dumps(r), flush=True)
+        train = [(torch.randn(128, 64), torch.randint(0, c, (128,))) for _ in range(10)]
+        val = [(torch.randn(128, 64), torch.randint(0, c, (128,))) for _ in range(10)]
+        for engine_name in a.engines.split(","):
+            engine = create_engine(engine_name, **S4_ENGINES[engine_name])
+            for sharing in ("per_class", "poly:3"):
+                loss = create_loss("autobalance", counts, init="la", sharing=create_sharing(sharing, counts))
+                if engine.needs_features:
+                    model = clf = torch.nn.Linear(64, c)
+                else:
+                    clf = torch.nn.Linear(256, c)
+                    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), clf)
+                problem = HyperProblem(
+                    model=model, loss=loss, hparams=loss.hparameters(), objective=balanced_ce,
+                    train_batches=train, val_batches=val,
+                    train_forward=lambda x, y, m=None, net=model: (m or net)(x),
+                    val_forward=lambda x, m=None, net=model: (m or net)(x),
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), weight_decay=5e-4,
+                    classifier=clf, train_features=train, val_features=[(torch.cat([v[0] for v in val]),
+                                                                         torch.cat([v[1] for v in val]))])
+                engine(problem)  # warm-up
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    engine(problem)
+                    times.append(time.perf_counter() - t0)
+                r = {"classes": c, "engine": engine_name, "sharing": sharing,
+                     "hparams": sum(p.numel() for p in loss.hparameters()), "seconds": statistics.median(times)}
+                out.append(r)
+                print(json.dumps(r), flush=True)
     return out
 
 
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-max", type=int, default=1000)
     p.add_argument("--upper-start", type=float, default=0.0)
     p.add_argument("--classes", default="10,100,1000,8142")
+    p.add_argument("--engines", default="head,neumann,cg,unrolled", help="s4: comma list of engines")
     p.add_argument("--out", default=None, help="append the results (JSON lines) to this file")
     a = p.parse_args(argv)
     if a.what == "_row":

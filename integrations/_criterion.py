@@ -149,7 +149,8 @@ class AutoBalanceCriterion(nn.Module):
         init: starting point of α: ``neutral`` (plain CE), ``la`` (``l = τ log π``), ``cdt``, ``vs``.
         tau, gamma: the LA / CDT init strengths.
         learn: which of ``class_weight``, ``logit_bias``, ``logit_scale`` the upper level tunes.
-        sharing: ``None`` / ``"per_class"``, ``"groups:K"``, ``"poly:K"``, ``"hat:K"`` or a :class:`Sharing`.
+        sharing: ``"poly:K"`` (a frequency dictionary; the default ``poly:3``), ``"hat:K"``, ``"groups:K"``,
+            ``"per_class"`` / ``None`` or a :class:`Sharing`.
         loss: use this :class:`ParametricCrossEntropy` instead of building one (``init``/``learn``/``sharing``
             are then ignored).
         engine: hypergradient engine name (``head`` (default), ``cg``, ``neumann``, ``unrolled``) or an engine.
@@ -190,7 +191,7 @@ class AutoBalanceCriterion(nn.Module):
         tau: float = 1.0,
         gamma: float = 0.2,
         learn: Sequence[str] = ("logit_bias", "logit_scale"),
-        sharing: str | Sharing | None = None,
+        sharing: str | Sharing | None = "poly:3",
         loss: ParametricCrossEntropy | None = None,
         engine: str | HypergradEngine = "head",
         engine_options: dict[str, Any] | None = None,

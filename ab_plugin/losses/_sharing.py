@@ -6,6 +6,7 @@ tuned with a handful of numbers (the paper's ``l = D_π l'``, ``Δ' = D_π δ'``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +69,9 @@ def frequency_dictionary(counts: Counts, size: int = 3, kind: str = "poly") -> S
     (a partition of unity, so constants are representable).
     """
     c = _as_counts(counts)
+    if bool((c == c[0]).all()) and c.numel() > 1:
+        warnings.warn("all classes have the same count, so a frequency dictionary gives every class the same "
+                      "value: use sharing 'per_class' to tune classes separately", UserWarning, stacklevel=3)
     lp = torch.log(c / c.sum())
     span = (lp.max() - lp.min()).clamp_min(1e-12)
     u = (2.0 * (lp - lp.min()) / span - 1.0).float()

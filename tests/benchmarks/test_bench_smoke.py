@@ -12,16 +12,22 @@ needs_zip = pytest.mark.skipif(not ZIP.exists(), reason="../shared/data/cifar10-
 
 
 @needs_zip
-def test_protocol_q_quick(tmp_path):
-    out = tmp_path / "q.jsonl"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_q.py"), "--quick", "--data", str(ZIP),
-                          "--methods", "la,ab-dl-la@upper_lr=0.02", "--seeds", "0", "--out", str(out)],
+@pytest.mark.parametrize(("script", "methods"), [("protocol_q.py", "la,ab-dl-la@upper_lr=0.02"),
+                                                 ("protocol_p.py", "la,ab-dl-la")])
+def test_protocol_quick(tmp_path, script, methods):
+    out = tmp_path / "results.jsonl"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--data", str(ZIP),
+                          "--methods", methods, "--seeds", "0", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["method"] for r in rows} == {"la", "ab-dl-la@upper_lr=0.02"}
+    assert {r["method"] for r in rows} == set(methods.split(","))
     assert all("error" not in r and 0 <= r["balanced_error"] <= 100 for r in rows), rows
-    assert "| ab-dl-la@upper_lr=0.02 | 1 |" in res.stdout
+    ab = next(r for r in rows if r["method"].startswith("ab-"))
+    assert ab["hyper_steps"] > 0 and len(ab["alpha"]["logit_bias"]) == 10
+    assert f"| {ab['method']} | 1 |" in res.stdout
+    meta = json.loads(out.with_suffix(".meta.jsonl").read_text().splitlines()[-1])
+    assert meta["protocol"] == ("Q" if script == "protocol_q.py" else "P") + "-modified"
 
 
 def test_protocol_s4_quick():
@@ -29,9 +35,11 @@ def test_protocol_s4_quick():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"classes"')]
-    assert [(r["classes"], r["sharing"]) for r in rows] == [(10, "per_class"), (10, "poly:3"), (50, "per_class"),
-                                                            (50, "poly:3")]
-    assert rows[3]["hparams"] == 6 and rows[2]["hparams"] == 100
+    engines = ["head", "neumann", "cg", "unrolled"]
+    assert [(r["classes"], r["engine"], r["sharing"]) for r in rows] == [
+        (c, e, s) for c in (10, 50) for e in engines for s in ("per_class", "poly:3")]
+    assert all(r["seconds"] > 0 for r in rows)
+    assert {r["hparams"] for r in rows if r["classes"] == 50} == {100, 6}
 
 
 def test_policy_throughput_quick():

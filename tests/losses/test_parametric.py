@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -116,6 +117,15 @@ def test_groups_share_values_and_dictionary_is_small():
     d = frequency_dictionary(counts, 2, "poly")
     la = la_bias(counts, 1.0)
     assert torch.allclose(d.expand(d.fit(la)), la, atol=1e-4)
+
+
+def test_dictionary_on_equal_counts_warns_and_shares_one_value():
+    with pytest.warns(UserWarning, match="same count.*per_class"):
+        d = frequency_dictionary([50] * 4, 3)
+    assert torch.linalg.matrix_rank(d.basis) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frequency_dictionary([50, 49, 50, 50], 3)
 
 
 def test_per_class_export_roundtrip_and_positivity():

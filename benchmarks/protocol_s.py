@@ -41,16 +41,17 @@ ROWS: dict[str, tuple[str | None, dict[str, Any]]] = {
 }
 
 
-def _row(name: str, epochs: int, device: str, data: str, n_max: int, upper_start: float) -> dict[str, Any]:
+def _row(name: str, a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ab_plugin import AutoBalance, Config, train_baseline
     from ab_plugin.data import create_dataset
 
-    bundle = create_dataset(f"imagefolder:{data}", imbalance=100, n_max=n_max)
+    device = a.device
+    bundle = create_dataset(f"imagefolder:{a.data}", imbalance=100, n_max=a.n_max)
     engine, over = ROWS[name.removeprefix("whole-")]
-    cfg = Config(dataset="imagefolder", backbone="resnet32", epochs=epochs, batch_size=128, warmup_epochs=1,
-                 device=device, upper_start=upper_start, hyper_batches=10, seed=0, **over)
+    cfg = Config(dataset="imagefolder", backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size,
+                 warmup_epochs=1, device=device, upper_start=a.upper_start, hyper_batches=10, seed=0, **over)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     if engine is None:
@@ -69,7 +70,7 @@ def s1(a: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for name in rows:
         cmd = [sys.executable, __file__, "_row", name, "--epochs", str(a.epochs), "--device", a.device,
-               "--data", a.data, "--n-max", str(a.n_max)]
+               "--data", a.data, "--n-max", str(a.n_max), "--backbone", a.backbone, "--batch-size", str(a.batch_size)]
         if name.startswith("whole-"):
             cmd += ["--upper-start", "0.4"]
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -139,35 +140,78 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def s3(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Batched per-class policy vs the PIL / DataLoader pipeline (``ab_plugin.policies.bench_throughput``)."""
+    from ab_plugin.policies.bench_throughput import main as bench
+
+    return [bench(["--quick"] if a.quick else ["--n", "8192", "--repeats", "2"])]
+
+
+def markdown(what: str, rows: list[dict[str, Any]]) -> str:
+    """The markdown table of one part's result rows."""
+    if what == "s1":
+        lines = ["| row | s / epoch | epoch ratio | total ratio | peak MiB | memory ratio | hyper-steps |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['row']} | failed: {r['error']} | | | | | |")
+                continue
+            er, tr, mr = (f"{r[k]:.2f}" if k in r else "–" for k in ("epoch_ratio", "total_ratio", "memory_ratio"))
+            mib = r["peak_bytes"] / 2**20
+            lines.append(f"| {r['row']} | {r['median_epoch']:.3f} | {er} | {tr} | {mib:.0f} | {mr} | "
+                         f"{r['hyper_steps']} |")
+    elif what == "s3":
+        lines = ["| pipeline | images/s | ratio |", "|---|---|---|"]
+        for r in rows:
+            n_threads, n_rate = r["policy_threads"], r["policy_nthreads_images_per_s"]
+            pil = r["pil_dataloader_images_per_s"]
+            lines += [f"| ClassPolicy, batched, 1 thread | {r['policy_images_per_s']:.0f} | {r['ratio']:.2f} |",
+                      f"| ClassPolicy, batched, {n_threads} threads | {n_rate:.0f} | {r['ratio_nthreads']:.2f} |",
+                      f"| PIL per sample, DataLoader ({r['workers']} workers) | {pil:.0f} | 1.00 |"]
+    else:
+        lines = ["| classes | engine | sharing | hparams | s / hyper-step |", "|---|---|---|---|---|"]
+        lines += [f"| {r['classes']} | {r['engine']} | {r['sharing']} | {r['hparams']} | {r['seconds']:.4f} |"
+                  for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["s1", "s4", "_row"])
+    p.add_argument("what", choices=["s1", "s3", "s4", "all", "_row"], help="a part of protocol S, or all of them")
     p.add_argument("row", nargs="?")
     p.add_argument("--rows", default="plain,head,head-paper,cg,unrolled,whole-plain,whole-head")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"))
     p.add_argument("--n-max", type=int, default=1000)
+    p.add_argument("--backbone", default="resnet32")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
     p.add_argument("--upper-start", type=float, default=0.0)
-    p.add_argument("--classes", default="10,100,1000,8142")
+    p.add_argument("--classes", default=None, help="s4: comma list [default: 10,100,1000,8142; quick: 10,50]")
     p.add_argument("--engines", default="head,neumann,cg,unrolled", help="s4: comma list of engines")
     p.add_argument("--out", default=None, help="append the results (JSON lines) to this file")
     a = p.parse_args(argv)
+    if a.quick:
+        a.n_max, a.backbone, a.batch_size, a.epochs = 200, "resnet20", 32, 2
+    a.classes = a.classes or ("10,50" if a.quick else "10,100,1000,8142")
     if a.what == "_row":
-        print(json.dumps(_row(a.row, a.epochs, a.device, a.data, a.n_max, a.upper_start)))
+        print(json.dumps(_row(a.row, a)))
         return 0
-    if a.what == "s1" and not Path(a.data).exists():
+    parts = ["s1", "s3", "s4"] if a.what == "all" else [a.what]
+    if "s1" in parts and not Path(a.data).exists():
         print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
         return 2
-    results = s1(a) if a.what == "s1" else s4(a)
-    meta = {"protocol": a.what.upper(), "machine": machine(), "revision": revision(),
-            "date": time.strftime("%Y-%m-%d"), "command": " ".join([sys.executable, *sys.argv]),
-            "threads": os.environ.get("OMP_NUM_THREADS")}
-    if a.out:
-        with open(a.out, "a") as f:
-            for r in results:
-                f.write(json.dumps({**meta, **r}) + "\n")
-    print(json.dumps({"meta": meta, "results": results}, indent=1))
+    meta = {"machine": machine(), "revision": revision(), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join([sys.executable, *sys.argv]), "threads": os.environ.get("OMP_NUM_THREADS")}
+    for part in parts:
+        results = {"s1": s1, "s3": s3, "s4": s4}[part](a)
+        if a.out:
+            with open(a.out, "a") as f:
+                for r in results:
+                    f.write(json.dumps({"protocol": part.upper(), **meta, **r}) + "\n")
+        print(json.dumps({"meta": {"protocol": part.upper(), **meta}, "results": results}, indent=1))
+        print(markdown(part, results))
     return 0
 
 

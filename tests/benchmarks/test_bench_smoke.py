@@ -46,3 +46,20 @@ def test_policy_throughput_quick():
     res = subprocess.run([sys.executable, "-m", "ab_plugin.policies.bench_throughput", "--quick"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+@needs_zip
+def test_protocol_s_all_quick(tmp_path):
+    out = tmp_path / "s.jsonl"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_s.py"), "all", "--quick",
+                          "--data", str(ZIP), "--rows", "plain,head,unrolled", "--classes", "10", "--engines", "head",
+                          "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["protocol"] for r in rows] == ["S1"] * 3 + ["S3"] + ["S4"] * 2
+    s1 = {r["row"]: r for r in rows[:3]}
+    assert s1["plain"]["epoch_ratio"] == 1.0 and s1["plain"]["hyper_steps"] == 0
+    assert s1["head"]["hyper_steps"] > 0 and s1["unrolled"]["hyper_steps"] > 0
+    assert all(r["median_epoch"] > 0 and r["memory_ratio"] > 0 for r in s1.values())
+    assert "| unrolled |" in res.stdout and "| ClassPolicy, batched, 1 thread |" in res.stdout

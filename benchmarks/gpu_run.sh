@@ -2,7 +2,7 @@
 # Protocol Q's (or P's) accuracy table on one GPU: every (method, seed) job in parallel worker processes.
 # Usage on a GPU machine, from the repo root, with the CIFAR zip at $ZIP (default .dev/cifar10-jpg.zip):
 #   OUT=/tmp/out WORKERS=12 bash benchmarks/gpu_run.sh [extra protocol_q.py args]
-#   PROTOCOL=p OUT=/tmp/out WORKERS=5 bash benchmarks/gpu_run.sh --threads 3
+#   PROTOCOL=p LIMIT=86400 OUT=/tmp/out WORKERS=5 bash benchmarks/gpu_run.sh --threads 3   # LIMIT: seconds
 set -u
 ZIP=${ZIP:-.dev/cifar10-jpg.zip}
 OUT=${OUT:-benchmarks/results}

@@ -125,8 +125,9 @@ def _policy_from_summary(summary: dict[str, Any], out: Path) -> Any:
         loss={k: summary["alpha"][k] for k in ("class_weight", "logit_bias", "logit_scale")},
         augmentation=aug,
         provenance={
-            "dataset": cfg.dataset, "imbalance": cfg.imbalance, "backbone": cfg.backbone, "epochs": cfg.epochs,
-            "seed": cfg.seed, "engine": cfg.engine, "init": cfg.init,
+            "dataset": cfg.dataset, "imbalance": cfg.imbalance, "n_max": cfg.n_max, "backbone": cfg.backbone,
+            "epochs": cfg.epochs, "seed": cfg.seed, "engine": cfg.engine, "init": cfg.init, "sharing": cfg.sharing,
+            "augment": cfg.augment,
             "val_metrics": _short(summary.get("val_metrics")), "test_metrics": _short(summary.get("test_metrics")),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "ab_plugin": __version__,

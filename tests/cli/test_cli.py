@@ -47,6 +47,8 @@ def test_export_show_and_evaluate(search_run, tmp_path):
     _run(["export", str(out), "-o", str(pf)])
     data = json.loads(pf.read_text())
     assert data["version"] == 1 and len(data["classes"]) == 10
+    prov = data["provenance"]
+    assert prov["sharing"] == "poly:3" and prov["augment"] in ("fixed", "learned", "none") and "n_max" in prov
     res = _run(["show", str(pf), "--format", "json"])
     assert json.loads(res.stdout)["loss"]["logit_bias"] == data["loss"]["logit_bias"]
     res = _run(["evaluate", str(out), "--format", "json"])

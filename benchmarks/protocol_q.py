@@ -39,7 +39,6 @@ AUTOBALANCE = {
 METHODS = BASELINES + list(AUTOBALANCE)
 
 
-
 @dataclass(frozen=True)
 class Protocol:
     """A benchmark protocol: data size, training recipe, AutoBalance upper-level settings and methods."""
@@ -212,10 +211,13 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
         print(f"error: unknown methods {unknown}: choose from {METHODS}", file=sys.stderr)
         return 2
     try:
-        upper = {**protocol.upper, **json.loads(a.upper)}
-    except json.JSONDecodeError as e:
-        print(f"error: --upper is not a JSON object ({e}): pass e.g. '{{\"engine\": \"head\"}}'", file=sys.stderr)
+        extra = json.loads(a.upper)
+    except json.JSONDecodeError:
+        extra = None
+    if not isinstance(extra, dict):
+        print(f"error: --upper {a.upper!r} is not a JSON object: pass e.g. '{{\"engine\": \"head\"}}'", file=sys.stderr)
         return 2
+    upper = {**protocol.upper, **extra}
     seeds = [int(s) for s in a.seeds.split(",")]
     recipe = dict(protocol.recipe)
     if a.epochs:

@@ -107,7 +107,8 @@ class AutoBalance:
         loss = create_loss("autobalance", counts, init=cfg.init, learn=cfg.learn, sharing=sharing,
                            tau=cfg.tau, gamma=cfg.gamma)
         # a learned policy shares its parameters across classes the same way the loss does
-        policy = (create_policy("learned", train.num_classes, basis=sharing.basis) if cfg.augment == "learned"
+        basis = None if sharing.is_identity else sharing.basis
+        policy = (create_policy("learned", train.num_classes, basis=basis) if cfg.augment == "learned"
                   else create_policy(cfg.augment, train.num_classes))
         upper = UpperLevel(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         torch.manual_seed(cfg.seed)

@@ -65,7 +65,8 @@ class ParametricCrossEntropy(nn.Module):
             raise ValueError(
                 f"sharing basis is for {self.sharing.num_classes} classes but the loss has {num_classes}"
             )
-        self.register_buffer("basis", self.sharing.basis.clone(), persistent=False)
+        self.register_buffer("basis", None if self.sharing.is_identity else self.sharing.basis.clone(),
+                             persistent=False)
         self.use_scale = logit_scale is not None or "logit_scale" in learn
         self.use_weight = class_weight is not None or "class_weight" in learn
         if logit_scale is None:
@@ -99,17 +100,20 @@ class ParametricCrossEntropy(nn.Module):
         """``w`` ``[C]``, positive with mean 1."""
         if self._deferred_active and self.deferred_weight is not None:
             return self.deferred_weight
-        return self.num_classes * torch.softmax(self.basis @ self.class_weight_raw, dim=0)
+        return self.num_classes * torch.softmax(self._expand(self.class_weight_raw), dim=0)
 
     @property
     def logit_bias(self) -> torch.Tensor:
         """``l`` ``[C]``, in logit units."""
-        return self.basis @ self.logit_bias_raw
+        return self._expand(self.logit_bias_raw)
 
     @property
     def logit_scale(self) -> torch.Tensor:
         """``Δ`` ``[C]`` in (0, 1)."""
-        return torch.sigmoid(self.basis @ self.logit_scale_raw)
+        return torch.sigmoid(self._expand(self.logit_scale_raw))
+
+    def _expand(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw if self.basis is None else self.basis @ raw
 
     def hparameters(self) -> list[nn.Parameter]:
         """The raw tensors the upper level optimises (only those in ``learn``)."""

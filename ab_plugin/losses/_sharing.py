@@ -32,12 +32,20 @@ class Sharing:
         """Number of free values ``k`` per hyperparameter."""
         return self.basis.shape[1]
 
+    @property
+    def is_identity(self) -> bool:
+        """One value per class: ``expand`` and ``fit`` skip the ``C x C`` products (8142 classes: a dense
+        least-squares fit would take minutes)."""
+        return self.kind == "per_class"
+
     def expand(self, raw: torch.Tensor) -> torch.Tensor:
         """``[k]`` raw values -> ``[C]`` per-class values."""
-        return self.basis.to(raw) @ raw
+        return raw if self.is_identity else self.basis.to(raw) @ raw
 
     def fit(self, values: torch.Tensor) -> torch.Tensor:
         """Raw ``[k]`` whose expansion is closest (least squares) to per-class ``values`` ``[C]``."""
+        if self.is_identity:
+            return values.reshape(-1).float().clone()
         d = self.basis.double()
         sol = torch.linalg.lstsq(d, values.double().reshape(-1, 1), driver="gelsd").solution
         return sol.reshape(-1).float()

@@ -160,3 +160,13 @@ def test_bad_inputs():
         create_sharing("cluster:3", COUNTS)
     with pytest.raises(ValueError, match="targets must be"):
         parametric_cross_entropy(torch.randn(4, 3), torch.zeros(4, 5))
+
+
+def test_per_class_sharing_skips_the_dense_basis():
+    # 8142 classes (iNaturalist): a dense least-squares fit of the identity basis took minutes
+    counts = torch.randint(2, 1000, (8142,))
+    loss = create_loss("autobalance", counts, init="la", sharing=create_sharing("per_class", counts))
+    assert loss.basis is None
+    assert torch.allclose(loss.logit_bias, la_bias(counts, 1.0))
+    raw = torch.randn(8142)
+    assert create_sharing("per_class", counts).expand(raw) is raw

@@ -109,7 +109,8 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         search = AutoBalance(cfg).fit(bundle)
         res = retrain(search, bundle, cfg)
         out.update(search_seconds=search.seconds, train_seconds=res.seconds, hyper_steps=search.hyper_steps,
-                   alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation)
+                   alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation,
+                   sharing=cfg.sharing)
     m = res.test_metrics
     out.update(balanced_error=100 * m["balanced_error"], worst_class_error=100 * m["worst_class_error"],
                per_class_error=[100 * e for e in m["per_class_error"]], accuracy=100 * m["accuracy"],
@@ -217,7 +218,10 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
     if not isinstance(extra, dict):
         print(f"error: --upper {a.upper!r} is not a JSON object: pass e.g. '{{\"engine\": \"head\"}}'", file=sys.stderr)
         return 2
-    upper = {**protocol.upper, **extra}
+    base_upper = dict(protocol.upper)
+    if "engine" in extra and "engine_options" not in extra:  # the protocol's options belong to its engine
+        base_upper.pop("engine_options", None)
+    upper = {**base_upper, **extra}
     seeds = [int(s) for s in a.seeds.split(",")]
     recipe = dict(protocol.recipe)
     if a.epochs:

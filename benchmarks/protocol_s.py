@@ -122,8 +122,8 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
                 problem = HyperProblem(
                     model=model, loss=loss, hparams=loss.hparameters(), objective=balanced_ce,
                     train_batches=train, val_batches=val,
-                    train_forward=lambda x, y, m=None, net=model: (m or net)(x),
-                    val_forward=lambda x, m=None, net=model: (m or net)(x),
+                    train_forward=lambda x, y, m=None, net=model: (net if m is None else m)(x),
+                    val_forward=lambda x, m=None, net=model: (net if m is None else m)(x),
                     optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), weight_decay=5e-4,
                     classifier=clf, train_features=train, val_features=[(torch.cat([v[0] for v in val]),
                                                                          torch.cat([v[1] for v in val]))])
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-max", type=int, default=1000)
     p.add_argument("--backbone", default="resnet32")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke version (seconds): sets --n-max 200 --backbone resnet20 --batch-size 32 --epochs 2")
     p.add_argument("--upper-start", type=float, default=0.0)
     p.add_argument("--classes", default=None, help="s4: comma list [default: 10,100,1000,8142; quick: 10,50]")
     p.add_argument("--engines", default="head,neumann,cg,unrolled", help="s4: comma list of engines")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,12 +73,12 @@ class ParametricCrossEntropy(nn.Module):
         if logit_scale is None:
             logit_scale = torch.full((num_classes,), float(torch.sigmoid(torch.tensor(1.0))))
         init = {
-            "class_weight": torch.zeros(num_classes) if class_weight is None else self._weight_to_logits(class_weight),
+            "class_weight": torch.ones(num_classes) if class_weight is None else torch.as_tensor(class_weight).float(),
             "logit_bias": torch.zeros(num_classes) if logit_bias is None else torch.as_tensor(logit_bias).float(),
-            "logit_scale": logit(torch.as_tensor(logit_scale).float()),
+            "logit_scale": torch.as_tensor(logit_scale).float(),
         }
         for name in HPARAM_NAMES:
-            raw = self.sharing.fit(init[name])
+            raw = self._fit(name, init[name])
             self.register_parameter(f"{name}_raw", nn.Parameter(raw, requires_grad=name in learn))
         self.learn = learn
         self.register_buffer("margin", None if margin is None else torch.as_tensor(margin).float())
@@ -113,7 +114,26 @@ class ParametricCrossEntropy(nn.Module):
         return torch.sigmoid(self._expand(self.logit_scale_raw))
 
     def _expand(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw if self.basis is None else self.basis @ raw
+        return raw.clone() if self.basis is None else self.basis @ raw
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in HPARAM_NAMES:
+            saved = state_dict.get(f"{prefix}{name}_raw")
+            if saved is not None and saved.shape != getattr(self, f"{name}_raw").shape:
+                raise ValueError(
+                    f"saved α has {saved.numel()} raw values per hyperparameter but this loss's sharing "
+                    f"({self.sharing.kind}) has {self.sharing.size}: build the loss or criterion with the sharing it "
+                    "was saved with (sharing='per_class' was the default before the frequency dictionary)"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _fit(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Raw values of hyperparameter ``name`` from per-class ``values`` (w through its log, Δ its sigmoid)."""
+        if name == "class_weight":
+            return self.sharing.fit(self._weight_to_logits(values))
+        if name == "logit_scale":
+            return self.sharing.fit(values, link=torch.sigmoid, inverse=logit)
+        return self.sharing.fit(values)
 
     def hparameters(self) -> list[nn.Parameter]:
         """The raw tensors the upper level optimises (only those in ``learn``)."""
@@ -152,12 +172,12 @@ class ParametricCrossEntropy(nn.Module):
         with torch.no_grad():
             if "class_weight" in values:
                 self.use_weight = True
-                self.class_weight_raw.copy_(self.sharing.fit(self._weight_to_logits(torch.tensor(values["class_weight"]))))
+                self.class_weight_raw.copy_(self._fit("class_weight", torch.tensor(values["class_weight"])))
             if "logit_bias" in values:
-                self.logit_bias_raw.copy_(self.sharing.fit(torch.tensor(values["logit_bias"], dtype=torch.float32)))
+                self.logit_bias_raw.copy_(self._fit("logit_bias", torch.tensor(values["logit_bias"])))
             if "logit_scale" in values:
                 self.use_scale = True
-                self.logit_scale_raw.copy_(self.sharing.fit(logit(torch.tensor(values["logit_scale"]))))
+                self.logit_scale_raw.copy_(self._fit("logit_scale", torch.tensor(values["logit_scale"])))
 
     def extra_repr(self) -> str:
         return f"classes={self.num_classes}, sharing={self.sharing.kind}, learn={list(self.learn)}"

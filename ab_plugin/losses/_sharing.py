@@ -7,7 +7,7 @@ tuned with a handful of numbers (the paper's ``l = D_π l'``, ``Δ' = D_π δ'``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -40,15 +40,42 @@ class Sharing:
 
     def expand(self, raw: torch.Tensor) -> torch.Tensor:
         """``[k]`` raw values -> ``[C]`` per-class values."""
-        return raw if self.is_identity else self.basis.to(raw) @ raw
+        return raw.clone() if self.is_identity else self.basis.to(raw) @ raw
 
-    def fit(self, values: torch.Tensor) -> torch.Tensor:
-        """Raw ``[k]`` whose expansion is closest (least squares) to per-class ``values`` ``[C]``."""
+    def fit(
+        self,
+        values: torch.Tensor,
+        link: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Raw ``[k]`` whose expansion is closest (least squares) to per-class ``values`` ``[C]``.
+
+        With ``link`` (e.g. ``sigmoid``) and its ``inverse``, closest to ``values`` after the link: the
+        least-squares start in the inverse's space is refined in value space, where values near the
+        link's saturation (CDT's Δ = 1 for the head class) no longer dominate the fit.
+        """
+        values = torch.as_tensor(values).reshape(-1).float()
+        if values.numel() != self.num_classes:
+            raise ValueError(f"got {values.numel()} values for a sharing basis of {self.num_classes} classes")
+        target = inverse(values) if inverse is not None else values
         if self.is_identity:
-            return values.reshape(-1).float().clone()
-        d = self.basis.double()
-        sol = torch.linalg.lstsq(d, values.double().reshape(-1, 1), driver="gelsd").solution
-        return sol.reshape(-1).float()
+            return target.clone()
+        sol = torch.linalg.lstsq(self.basis.double(), target.double().reshape(-1, 1), driver="gelsd").solution
+        raw = sol.reshape(-1).float()
+        if link is None:
+            return raw
+        raw.requires_grad_(True)
+        opt = torch.optim.LBFGS([raw], max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            err = ((link(self.basis @ raw) - values) ** 2).sum()
+            err.backward()
+            return err
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return raw.detach()
 
     def __repr__(self) -> str:
         return f"Sharing(kind={self.kind!r}, classes={self.num_classes}, size={self.size})"

@@ -169,4 +169,25 @@ def test_per_class_sharing_skips_the_dense_basis():
     assert loss.basis is None
     assert torch.allclose(loss.logit_bias, la_bias(counts, 1.0))
     raw = torch.randn(8142)
-    assert create_sharing("per_class", counts).expand(raw) is raw
+    expanded = create_sharing("per_class", counts).expand(raw)
+    assert torch.equal(expanded, raw) and expanded.data_ptr() != raw.data_ptr()  # a view would alias α
+    with pytest.raises(ValueError, match="3 values for a sharing basis of 8142 classes"):
+        create_sharing("per_class", counts).fit(torch.ones(3))
+
+
+def test_cdt_init_through_a_dictionary_fits_delta_in_value_space():
+    # CDT's head class has Δ = 1, whose logit (~9.2) dominated a least-squares fit in logit space and
+    # started the tail at Δ = 0.61 instead of 0.40
+    counts = [1000, 600, 360, 216, 130, 78, 47, 28, 17, 10]
+    exact = cdt_scale(counts, 0.2)
+    for spec in ("poly:3", "hat:3"):
+        loss = create_loss("autobalance", counts, init="cdt", sharing=create_sharing(spec, counts))
+        assert (loss.logit_scale.detach() - exact).abs().max() < 0.07, spec
+
+
+def test_loading_alpha_saved_with_another_sharing_names_the_fix():
+    per_class_loss = create_loss("autobalance", COUNTS, init="la", sharing=create_sharing("per_class", COUNTS))
+    poly = create_loss("autobalance", COUNTS, init="la", sharing=create_sharing("poly:3", COUNTS))
+    with pytest.raises(ValueError, match=r"saved α has 6 raw values .* has 3: .*sharing='per_class'"):
+        poly.load_state_dict(per_class_loss.state_dict())
+    poly.load_state_dict(create_loss("autobalance", COUNTS, sharing=create_sharing("poly:3", COUNTS)).state_dict())

@@ -6,7 +6,7 @@ from ab_plugin.policies import list_zoo, load_policy, policy_to_module
 def test_shipped_zoo_entries_load_with_provenance(monkeypatch):
     monkeypatch.delenv("AB_PLUGIN_ZOO", raising=False)
     names = list_zoo()
-    assert "digits-lt_100_resnet32" in names
+    assert {"digits-lt_100_resnet32", "cifar10-lt_100_resnet32"} <= set(names)
     for name in names:
         pf = load_policy(name)
         dataset, imbalance, backbone = name.rsplit("_", 2)

@@ -173,6 +173,10 @@ def test_per_class_sharing_skips_the_dense_basis():
     assert torch.equal(expanded, raw) and expanded.data_ptr() != raw.data_ptr()  # a view would alias α
     with pytest.raises(ValueError, match="3 values for a sharing basis of 8142 classes"):
         create_sharing("per_class", counts).fit(torch.ones(3))
+    small = create_sharing("per_class", [5, 3, 2])
+    assert torch.equal(small.basis, torch.eye(3)) and small.size == 3 and small.num_classes == 3
+    # an explicit identity matrix is an ordinary basis, whatever its kind says
+    assert not Sharing(torch.eye(3), "per_class").is_identity
 
 
 def test_cdt_init_through_a_dictionary_fits_delta_in_value_space():

@@ -43,6 +43,14 @@ class TinyNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def float_blobs(counts, seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images ``[N, 3, size, size]`` around a random centre per class, and labels ``[N]``."""
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    centers = torch.randn(len(counts), 3, 1, 1, generator=g)
+    return centers[ys] + 1.5 * torch.randn(len(ys), 3, size, size, generator=g), ys
+
+
 def blobs(counts, size=8, seed=0, noise=60.0, groups=False) -> ImageData:
     """Class c: a noisy image of a class colour (learnable, but noisy enough that the tail suffers)."""
     g = torch.Generator().manual_seed(seed)

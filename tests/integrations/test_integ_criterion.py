@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import float_blobs
 from torch import nn
 
 from ab_plugin.integrations import AutoBalanceCriterion, install_hint, try_import
@@ -40,16 +41,9 @@ class Tiny(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def make_data(counts, seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-    centers = torch.randn(len(counts), 3, 1, 1, generator=g)
-    x = centers[ys] + 1.5 * torch.randn(len(ys), 3, size, size, generator=g)
-    return x, ys
 
-
-X, Y = make_data(COUNTS, 0)
-XV, YV = make_data([6, 6, 6, 6], 1)
+X, Y = float_blobs(COUNTS, 0)
+XV, YV = float_blobs([6, 6, 6, 6], 1)
 VAL = [(XV[i : i + 12], YV[i : i + 12]) for i in range(0, len(YV), 12)]
 
 

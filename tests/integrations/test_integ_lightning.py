@@ -12,21 +12,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from conftest import float_blobs  # noqa: E402
+
 from ab_plugin.integrations import AutoBalanceCallback  # noqa: E402
 
 C = 4
 COUNTS = [40, 20, 8, 4]
 
 
-def make_data(counts, seed: int, size: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-    centers = torch.randn(len(counts), 3, 1, 1, generator=g)
-    return centers[ys] + 1.5 * torch.randn(len(ys), 3, size, size, generator=g), ys
 
-
-X, Y = make_data(COUNTS, 0)
-XV, YV = make_data([6, 6, 6, 6], 1)
+X, Y = float_blobs(COUNTS, 0)
+XV, YV = float_blobs([6, 6, 6, 6], 1)
 
 
 def loaders():

@@ -179,14 +179,17 @@ def test_killed_worker_resumes_from_the_stored_trials(tmp_path):
     err = tmp_path / "worker.err"
     with open(err, "w") as stderr:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
-    url = f"sqlite:///{out / STUDY_DB}"
     deadline = time.monotonic() + 60
     before: list[optuna.trial.FrozenTrial] = []
+    storage = None
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if (out / STUDY_DB).exists():
+                # open_storage, not a bare load_study: this poll races the worker to create the tables, and only
+                # the product's opener retries that race (a bare RDBStorage failed CI with "table already exists")
+                storage = storage or open_storage(resolve_storage(None, out))
                 try:
-                    before = optuna.load_study(study_name="crash", storage=url).get_trials(states=FINISHED)
+                    before = optuna.load_study(study_name="crash", storage=storage).get_trials(states=FINISHED)
                 except KeyError:  # the study is not created yet
                     before = []
                 if before:
@@ -197,7 +200,7 @@ def test_killed_worker_resumes_from_the_stored_trials(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    killed = optuna.load_study(study_name="crash", storage=url).get_trials()
+    killed = optuna.load_study(study_name="crash", storage=open_storage(resolve_storage(None, out))).get_trials()
     done_before = {t.number: t.value for t in killed if t.state in FINISHED}
     interrupted = [t.number for t in killed if t.state == TS.RUNNING]  # the kill's zombie (if it hit a trial)
     assert 1 <= len(done_before) < 4 and len(interrupted) <= 1

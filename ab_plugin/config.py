@@ -50,6 +50,9 @@ class Config:
     interval: int = 5  # lower steps between hyper-steps (the paper: 20; the head engine is cheap)
     hyper_batches: int = 10  # training (and, for full engines, validation) batches per hyper-step
     upper_optimizer: str = "adam"  # adam | sgd
+    # Adam moves each raw α value by about upper_lr per hyper-step, so lr x hyper-steps bounds how far α
+    # travels: from init="neutral" on a short schedule (protocol Q: 90 steps) use ~0.05 to reach LA-sized
+    # margins (benchmarks/RESULTS.md); the default suits the LA init
     upper_lr: float = 0.01
     upper_momentum: float = 0.9
     upper_weight_decay: float = 1e-4

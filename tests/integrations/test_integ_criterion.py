@@ -41,7 +41,6 @@ class Tiny(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 X, Y = float_blobs(COUNTS, 0)
 XV, YV = float_blobs([6, 6, 6, 6], 1)
 VAL = [(XV[i : i + 12], YV[i : i + 12]) for i in range(0, len(YV), 12)]

@@ -20,7 +20,6 @@ C = 4
 COUNTS = [40, 20, 8, 4]
 
 
-
 X, Y = float_blobs(COUNTS, 0)
 XV, YV = float_blobs([6, 6, 6, 6], 1)
 TRAIN = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=False, drop_last=True)  # 4 steps per epoch

@@ -200,7 +200,7 @@ def test_killed_worker_resumes_from_the_stored_trials(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    killed = optuna.load_study(study_name="crash", storage=open_storage(resolve_storage(None, out))).get_trials()
+    killed = optuna.load_study(study_name="crash", storage=storage).get_trials()  # opened: a trial finished
     done_before = {t.number: t.value for t in killed if t.state in FINISHED}
     interrupted = [t.number for t in killed if t.state == TS.RUNNING]  # the kill's zombie (if it hit a trial)
     assert 1 <= len(done_before) < 4 and len(interrupted) <= 1

@@ -3,80 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ._console import RichProgress, command_options, console, emit, make_progress
 from ._options import _resolve_config, config_options
 from .config import Config
-
-console = Console(stderr=True)
-
-def common(fn: Callable) -> Callable:
-    """--format, --debug and one-line errors for every command."""
-
-    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                  help="table: rich output; json: one JSON document on stdout for scripts")
-    @click.option("--debug", is_flag=True, help="show the full traceback on errors")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, fmt=fmt, **kwargs)
-        except KeyboardInterrupt:
-            console.print("[yellow]stopped[/]: the last finished epoch is saved; continue with --resume")
-            sys.exit(130)
-        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-            if debug:
-                raise
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-class RichProgress:
-    """Trainer callback: one progress bar per stage with ETA and live metrics."""
-
-    def __init__(self, progress: Progress, stage: str, cfg: Config) -> None:
-        self.progress, self.stage, self.cfg = progress, stage, cfg
-        self.task = None
-
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
-        if self.task is None:
-            total = self.cfg.epochs * trainer.steps_per_epoch
-            self.task = self.progress.add_task(self.stage, total=total, completed=trainer.state.step, info="")
-
-    def on_step_end(self, trainer: Any, step: int, loss: float | None) -> None:
-        self.progress.update(self.task, completed=step)
-
-    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        info = f"epoch {epoch + 1}/{self.cfg.epochs} loss {record['train_loss']:.3f}"
-        if "val" in record:
-            info += f" val bal.err {100 * record['val']['balanced_error']:.1f}%"
-        if record.get("upper_active"):
-            info += f" hyper-steps {record['hyper_steps']}"
-        self.progress.update(self.task, info=info)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=console, disable=not enabled, transient=False)
-
-
-def _emit(fmt: str, summary: dict[str, Any], render: Callable[[], None]) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        render()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -106,7 +40,7 @@ def _finish_run(out: Path, results: dict, fmt: str, title: str) -> None:
         console.print(per_class_table({**summary, "test_metrics": summary["test_metrics"]}))
         console.print(f"run folder: [bold]{out}[/]  (result.json, policy.json, {', '.join(p.name for p in plots)})")
 
-    _emit(fmt, summary, render)
+    emit(fmt, summary, render)
 
 
 def _policy_from_summary(summary: dict[str, Any], out: Path) -> Any:
@@ -155,7 +89,7 @@ def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
               help="start from the best trial of a warm-start study: a warmstart run folder, a study name "
                    "(with --warmstart-storage), or N to run an N-trial study in OUT/warmstart first")
 @click.option("--warmstart-storage", default=None, help="database URL of a --warmstart study name")
-@common
+@command_options
 def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: str, download: bool, quiet: bool,
            warmstart: str | None, warmstart_storage: str | None, fmt: str, **kwargs: Any) -> None:
     """Search α = (w, l, Δ, A) by bilevel optimisation, then retrain with α*.
@@ -180,7 +114,7 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     prepare_run_folder(out_p, cfg, resume=resume, overwrite=overwrite, command="search")
     bundle = load_bundle(cfg, download)
     baselines = [c.strip() for c in compare.split(",") if c.strip()]
-    with _progress(fmt == "table" and not quiet) as progress:
+    with make_progress(fmt == "table" and not quiet) as progress:
         results = run_search(out_p, cfg, bundle, do_retrain=do_retrain, compare=baselines,
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
     _finish_run(out_p, results, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
@@ -219,7 +153,7 @@ def _check_names(cfg: Config) -> None:
 @click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
 @click.option("--download", is_flag=True, help="allow torchvision to download CIFAR")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-@common
+@command_options
 def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download: bool, quiet: bool, fmt: str,
              **kwargs: Any) -> None:
     """Train a hand-designed loss of the family (same recipe, same code path as the search).
@@ -236,7 +170,7 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
     out_p = Path(out or f"runs/{name}")
     prepare_run_folder(out_p, cfg, resume=resume, overwrite=overwrite, command=f"baseline {name}")
     bundle = load_bundle(cfg, download)
-    with _progress(fmt == "table" and not quiet) as progress:
+    with make_progress(fmt == "table" and not quiet) as progress:
         results = run_baseline(out_p, name, cfg, bundle, [RichProgress(progress, name, cfg)])
     _finish_run(out_p, results, fmt, f"{name} on {cfg.dataset}")
 
@@ -248,7 +182,7 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
 @click.option("--resume", is_flag=True, help="continue the retrain in --out")
 @click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-@common
+@command_options
 def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: bool, fmt: str, **kwargs: Any) -> None:
     """Retrain a fresh model with α fixed, from a run folder or a policy file.
 
@@ -267,7 +201,7 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     bundle = load_bundle(cfg)
     check_num_classes(pf, bundle.train.num_classes)
     prepare_run_folder(Path(out), cfg, resume=resume, overwrite=overwrite, command="retrain")
-    with _progress(fmt == "table" and not quiet) as progress:
+    with make_progress(fmt == "table" and not quiet) as progress:
         result = run_stage(Path(out), "retrain", lambda d, r: retrain(
             pf.loss, bundle, cfg, augmentation=pf.augmentation, run_dir=d, resume=r,
             callbacks=[RichProgress(progress, "retrain", cfg)]))
@@ -277,7 +211,7 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--stage", default=None, help="which stage's model (retrain, search, baseline-ce...) [default: last]")
-@common
+@command_options
 def evaluate(run: str, stage: str | None, fmt: str) -> None:
     """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error)."""
     from .io import load_checkpoint
@@ -308,13 +242,13 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     groups = bundle.test.groups.to(trainer.device) if bundle.test.groups is not None else None
     m = compute_metrics(logits, bundle.test.targets.to(trainer.device), bundle.train.num_classes, groups).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}
-    _emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))
+    emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))
 
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="policy file to write (.json)")
-@common
+@command_options
 def export(run: str, output: str, fmt: str) -> None:
     """Export a finished run's α* and per-class augmentation as a policy file (versioned JSON)."""
     from .policies import load_policy, save_policy
@@ -324,7 +258,7 @@ def export(run: str, output: str, fmt: str) -> None:
         raise ValueError(f"{run} has no finished result (policy.json): finish it with --resume first")
     pf = load_policy(src)
     save_policy(output, pf)
-    _emit(fmt, {"output": output, "classes": len(pf.classes)},
+    emit(fmt, {"output": output, "classes": len(pf.classes)},
           lambda: console.print(f"wrote [bold]{output}[/] ({len(pf.classes)} classes)"))
 
 
@@ -332,7 +266,7 @@ def export(run: str, output: str, fmt: str) -> None:
 @click.argument("policy", type=str)
 @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
               help="PNG heat map path [default: beside the file, *.png]")
-@common
+@command_options
 def show(policy: str, heatmap: str | None, fmt: str) -> None:
     """Show a policy file (or a zoo name): per-class w, l, Δ and augmentation, plus a PNG heat map."""
     from .policies import load_policy, plot_policy_heatmap, policy_table
@@ -349,7 +283,7 @@ def show(policy: str, heatmap: str | None, fmt: str) -> None:
         if pf.augmentation:
             console.print(f"heat map: [bold]{png}[/]")
 
-    _emit(fmt, summary, render)
+    emit(fmt, summary, render)
 
 
 def _register() -> None:

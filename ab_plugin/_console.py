@@ -1,0 +1,79 @@
+"""Terminal rendering shared by every click command: one-line errors, progress bars, JSON or table output.
+
+rich is used only here and in the command modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .config import Config
+
+console = Console(stderr=True)
+
+def command_options(fn: Callable) -> Callable:
+    """--format, --debug and one-line errors for every command."""
+
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                  help="table: rich output; json: one JSON document on stdout for scripts")
+    @click.option("--debug", is_flag=True, help="show the full traceback on errors")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, fmt=fmt, **kwargs)
+        except KeyboardInterrupt:
+            console.print("[yellow]stopped[/]: the last finished epoch is saved; continue with --resume")
+            sys.exit(130)
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+            if debug:
+                raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+class RichProgress:
+    """Trainer callback: one progress bar per stage with ETA and live metrics."""
+
+    def __init__(self, progress: Progress, stage: str, cfg: Config) -> None:
+        self.progress, self.stage, self.cfg = progress, stage, cfg
+        self.task = None
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        if self.task is None:
+            total = self.cfg.epochs * trainer.steps_per_epoch
+            self.task = self.progress.add_task(self.stage, total=total, completed=trainer.state.step, info="")
+
+    def on_step_end(self, trainer: Any, step: int, loss: float | None) -> None:
+        self.progress.update(self.task, completed=step)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        info = f"epoch {epoch + 1}/{self.cfg.epochs} loss {record['train_loss']:.3f}"
+        if "val" in record:
+            info += f" val bal.err {100 * record['val']['balanced_error']:.1f}%"
+        if record.get("upper_active"):
+            info += f" hyper-steps {record['hyper_steps']}"
+        self.progress.update(self.task, info=info)
+
+
+def make_progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    console=console, disable=not enabled, transient=False)
+
+
+def emit(fmt: str, summary: dict[str, Any], render: Callable[[], None]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        render()

@@ -56,7 +56,9 @@ class Config:
     upper_lr: float = 0.01
     upper_momentum: float = 0.9
     upper_weight_decay: float = 1e-4
-    upper_warmup_epochs: float = 1.0
+    upper_warmup_epochs: float = 1.0  # the upper lr ramps up linearly over this many epochs of hyper-steps
+    upper_decay: bool = False  # scale the upper lr by the lower schedule (lr / peak lr), as the paper's code does
+    upper_average: float = 0.0  # α exported as its average over this last fraction of the hyper-steps (0: last α)
     clip: float = 1.0  # max L2 norm of a hypergradient
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     # run

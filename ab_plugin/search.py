@@ -17,7 +17,7 @@ from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, crea
 from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
 from .policies import ClassPolicy, create_policy, policy_from_module
-from .trainer import Trainer, UpperLevel
+from .trainer import HyperSetup, Trainer
 
 
 @dataclass
@@ -110,7 +110,7 @@ class AutoBalance:
         basis = None if sharing.is_identity else sharing.basis
         policy = (create_policy("learned", train.num_classes, basis=basis) if cfg.augment == "learned"
                   else create_policy(cfg.augment, train.num_classes))
-        upper = UpperLevel(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
+        upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         torch.manual_seed(cfg.seed)
         model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
         self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,

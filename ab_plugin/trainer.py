@@ -21,11 +21,12 @@ from torch import nn
 
 from .config import Config
 from .data import ImageData, TensorLoader, normalize
-from .hypergrad import HypergradEngine, HyperProblem, frozen_norm_stats
+from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, frozen_norm_stats
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
 from .models import split_model
 from .objectives import Metrics, compute_metrics
+from .upper import UpperLevel
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -57,17 +58,7 @@ def lr_at(step: int, steps_per_epoch: int, cfg: Config) -> float:
 
 
 @dataclass
-class Callback:
-    """Hooks the loop calls; subclass and override what you need. ``trainer`` is the running loop."""
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
-    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None: ...
-    def on_hyper_step(self, trainer: Trainer, step: int, grad_norm: float, skipped: bool) -> None: ...
-    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class UpperLevel:
+class HyperSetup:
     """What turns a training run into a search: the engine, the objective and the validation split."""
 
     engine: HypergradEngine
@@ -96,10 +87,12 @@ class Trainer:
         cfg: the run configuration.
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: augmentation module ``policy(x01, y) -> x01`` or ``None``.
-        upper: the upper level (engine, objective, validation split) or ``None`` for plain training.
-        test: evaluated at the end of training (and reported per epoch when ``eval_test`` is set).
+        upper: engine, objective and validation split of a search, or ``None`` for plain training.
+        test: the test split (kept for the caller's evaluation).
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
-        callbacks: objects with the :class:`Callback` hooks.
+        callbacks: objects with any of the hooks ``on_epoch_start(trainer, epoch)``,
+            ``on_step_end(trainer, step, loss)``, ``on_hyper_step(trainer, step, norm, skipped)``,
+            ``on_epoch_end(trainer, epoch, record)``.
     """
 
     def __init__(
@@ -112,11 +105,10 @@ class Trainer:
         mean: Sequence[float],
         std: Sequence[float],
         policy: nn.Module | None = None,
-        upper: UpperLevel | None = None,
+        upper: HyperSetup | None = None,
         test: ImageData | None = None,
         run_dir: str | Path | None = None,
         callbacks: Sequence[Any] = (),
-        eval_test: bool = False,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -130,7 +122,6 @@ class Trainer:
         self.mean, self.std = tuple(mean), tuple(std)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
-        self.eval_test = eval_test
         self.features, self.classifier = split_model(self.model)
         self.loader = TensorLoader(train, cfg.batch_size, shuffle=True, drop_last=len(train) >= cfg.batch_size,
                                    device=self.device, seed=cfg.seed)
@@ -139,20 +130,24 @@ class Trainer:
         self.hparams: list[torch.Tensor] = list(loss.hparameters())
         if policy is not None and hasattr(policy, "hparameters"):
             self.hparams += list(policy.hparameters())
-        self.upper_optimizer = self._make_upper_optimizer() if upper is not None and self.hparams else None
+        self.upper_level = self._make_upper_level() if upper is not None and self.hparams else None
         self.state = TrainState()
         self._train_buffer: deque = deque(maxlen=cfg.hyper_batches)
         self._val_features: list[tuple[torch.Tensor, ...]] = []
+        self._val_features_step = -1  # lower step at which the validation features were computed
         self._bad_in_row = 0
         self._amp = cfg.amp and self.device.type == "cuda"
 
     # set-up --------------------------------------------------------------------------------------
-    def _make_upper_optimizer(self) -> torch.optim.Optimizer:
+    def _make_upper_level(self) -> UpperLevel:
         c = self.cfg
-        if c.upper_optimizer == "adam":
-            return torch.optim.Adam(self.hparams, lr=c.upper_lr, weight_decay=c.upper_weight_decay)
-        return torch.optim.SGD(self.hparams, lr=c.upper_lr, momentum=c.upper_momentum,
-                               weight_decay=c.upper_weight_decay)
+        per_epoch = self.steps_per_epoch / c.interval  # hyper-steps per upper epoch
+        total = int((c.epochs - self.upper_start_epoch) * per_epoch)
+        return UpperLevel(
+            self.hparams, optimizer=c.upper_optimizer, lr=c.upper_lr, momentum=c.upper_momentum,
+            weight_decay=c.upper_weight_decay, clip=c.clip, warmup_steps=round(c.upper_warmup_epochs * per_epoch),
+            average_from=int(total * (1 - c.upper_average)) if c.upper_average > 0 else None,
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -214,6 +209,8 @@ class Trainer:
         self.model.train()
         while self.state.epoch < self.cfg.epochs:
             self._epoch()
+        if self.upper_level is not None:
+            self.upper_level.use_average()  # a search exports α averaged over its last part (if set)
         return self.state
 
     def _epoch(self) -> None:
@@ -223,7 +220,7 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(self, epoch)
         self.loss.set_progress(epoch / cfg.epochs)
-        upper_active = self.upper_optimizer is not None and epoch >= self.upper_start_epoch
+        upper_active = self.upper_level is not None and epoch >= self.upper_start_epoch
         record: dict[str, Any] = {"epoch": epoch + 1}
         if self.upper is not None:
             # one pass over the validation split per epoch: it gives the epoch's validation metrics
@@ -250,8 +247,6 @@ class Trainer:
             "skipped_hyper_steps": st.skipped_hyper_steps,
             "alpha": self.loss.per_class(),
         })
-        if self.eval_test and self.test is not None:
-            record["test"] = self.evaluate(self.test).to_dict()
         st.seconds += record["seconds"]
         st.epoch += 1
         st.history.append(record)
@@ -289,9 +284,11 @@ class Trainer:
         y = val.targets.to(self.device)
         g = val.groups.to(self.device) if val.groups is not None else None
         self._val_features = [(feats, y, g) if g is not None else (feats, y)] if keep_features else []
+        self._val_features_step = self.state.step
         return compute_metrics(logits, y, val.num_classes, g)
 
     def _val_batches(self) -> list[tuple[torch.Tensor, ...]]:
+        """At most ``hyper_batches`` validation batches, drawn afresh (seeded by the step) per hyper-step."""
         val = self.upper.val
         n = min(len(val), self.cfg.hyper_batches * self.cfg.batch_size)
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.state.step)
@@ -300,46 +297,52 @@ class Trainer:
         loader = TensorLoader(sub, self.cfg.batch_size, shuffle=False, device=self.device)
         return [b if b[2] is not None else b[:2] for b in loader]
 
+    @torch.no_grad()
+    def _fresh_val_features(self) -> list[tuple[torch.Tensor, ...]]:
+        """Validation features no older than the buffered training features (``hyper_batches`` steps),
+        so the classifier the head engine solves for sees both sides with about the same backbone."""
+        if self.state.step - self._val_features_step > self.cfg.hyper_batches:
+            was = self.model.training
+            self.model.eval()
+            feats = []
+            for x, *rest in self._val_batches():
+                with self._autocast():
+                    feats.append((self.features(self._prepare(x, None, False)).float(), *rest))
+            self.model.train(was)
+            self._val_features, self._val_features_step = feats, self.state.step
+        return self._val_features
+
+    def _feature_problem(self) -> FeatureProblem:
+        train = [(f, y) for f, y, _ in self._train_buffer]
+        if self.policy is not None and list(getattr(self.policy, "hparameters", list)()):
+            # the newest batch is recomputed with a graph from the policy parameters to its features;
+            # it keeps its share (one batch of the buffer) in the training loss
+            _, y, x = self._train_buffer[-1]
+            train[-1] = (self.augment_features(x, y), y)
+        return FeatureProblem(self.classifier, self.loss, self.upper.objective, self.hparams, train,
+                              self._fresh_val_features(), self.cfg.weight_decay)
+
+    def _model_problem(self) -> ModelProblem:
+        return ModelProblem(self.model, self.loss, self.upper.objective, self.hparams,
+                            [(x, y) for _, y, x in self._train_buffer], self._val_batches(),
+                            self.train_forward, self.val_forward, self.cfg.weight_decay, self.optimizer)
+
     def _hyper_step(self) -> None:
-        st = self.state
+        st, cfg = self.state, self.cfg
         engine = self.upper.engine
-        problem = HyperProblem(
-            model=self.model,
-            loss=self.loss,
-            hparams=self.hparams,
-            objective=self.upper.objective,
-            train_batches=[(x, y) for _, y, x in self._train_buffer],
-            val_batches=[] if engine.needs_features else self._val_batches(),
-            train_forward=self.train_forward,
-            val_forward=self.val_forward,
-            optimizer=self.optimizer,
-            weight_decay=self.cfg.weight_decay,
-            classifier=self.classifier,
-            features=self.features,
-            augment_features=self.augment_features,
-            train_features=[(f, y) for f, y, _ in self._train_buffer],
-            val_features=self._val_features,
-            augment_learned=self.policy is not None and bool(list(getattr(self.policy, "hparameters", list)())),
-        )
+        wants_features = getattr(engine, "problem", ModelProblem) is FeatureProblem  # a plain callable gets the model
+        problem = self._feature_problem() if wants_features else self._model_problem()
         grads = engine(problem)
-        norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
-        skipped = not math.isfinite(norm)
-        if skipped:
+        lr_scale = lr_at(st.step, self.steps_per_epoch, cfg) / cfg.lr if cfg.upper_decay else 1.0
+        norm = self.upper_level.step(grads, lr_scale=lr_scale)
+        if norm is None:
             st.skipped_hyper_steps += 1
             self._bad(f"non-finite hypergradient at step {st.step}")
         else:
             self._bad_in_row = 0
-            scale = min(1.0, self.cfg.clip / (norm + 1e-12)) if self.cfg.clip > 0 else 1.0
-            ramp = (st.epoch - self.upper_start_epoch + 1) / max(1e-9, self.cfg.upper_warmup_epochs)
-            for group in self.upper_optimizer.param_groups:
-                group["lr"] = self.cfg.upper_lr * min(1.0, ramp)
-            for h, g in zip(self.hparams, grads, strict=True):
-                h.grad = (g * scale).to(h.dtype)
-            self.upper_optimizer.step()
-            self.upper_optimizer.zero_grad(set_to_none=True)
             st.hyper_steps += 1
         for cb in self.callbacks:
-            getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, norm, skipped)
+            getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, self.upper_level.last_norm, norm is None)
 
     def _bad(self, what: str) -> None:
         self._bad_in_row += 1
@@ -354,13 +357,13 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         st = self.state
         return {
-            "format": 1,
+            "format": 2,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss": self.loss.state_dict(),
             "policy": self.policy.state_dict() if self.policy is not None else None,
-            "upper_optimizer": self.upper_optimizer.state_dict() if self.upper_optimizer else None,
+            "upper": self.upper_level.state_dict() if self.upper_level is not None else None,
             "loader": self.loader.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -371,6 +374,8 @@ class Trainer:
         }
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
+        if ck.get("format") != 2:
+            raise ValueError("the checkpoint was written by an older ab-plugin: start the run again (--overwrite)")
         if ck.get("num_classes") != self.train_data.num_classes:
             raise ValueError(
                 f"checkpoint has {ck.get('num_classes')} classes but the data has {self.train_data.num_classes}: "
@@ -381,8 +386,8 @@ class Trainer:
         self.loss.load_state_dict(ck["loss"])
         if self.policy is not None and ck.get("policy") is not None:
             self.policy.load_state_dict(ck["policy"])
-        if self.upper_optimizer is not None and ck.get("upper_optimizer") is not None:
-            self.upper_optimizer.load_state_dict(ck["upper_optimizer"])
+        if self.upper_level is not None and ck.get("upper") is not None:
+            self.upper_level.load_state_dict(ck["upper"])
         self.loader.load_state_dict(ck["loader"])
         torch.set_rng_state(ck["rng"])
         if ck.get("cuda_rng") is not None and self.device.type == "cuda":

@@ -100,7 +100,7 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
     their cost shows instead of a backbone's fixed cost."""
     import torch
 
-    from ab_plugin.hypergrad import HyperProblem, create_engine
+    from ab_plugin.hypergrad import FeatureProblem, ModelProblem, create_engine
     from ab_plugin.losses import create_loss, create_sharing
     from ab_plugin.objectives import balanced_ce
 
@@ -114,19 +114,18 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
             engine = create_engine(engine_name, **S4_ENGINES[engine_name])
             for sharing in ("per_class", "poly:3"):
                 loss = create_loss("autobalance", counts, init="la", sharing=create_sharing(sharing, counts))
-                if engine.needs_features:
-                    model = clf = torch.nn.Linear(64, c)
+                hparams, wd = loss.hparameters(), 5e-4
+                if engine.problem is FeatureProblem:
+                    clf = torch.nn.Linear(64, c)
+                    val_feats = [(torch.cat([v[0] for v in val]), torch.cat([v[1] for v in val]))]
+                    problem = FeatureProblem(clf, loss, balanced_ce, hparams, train, val_feats, wd)
                 else:
-                    clf = torch.nn.Linear(256, c)
-                    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), clf)
-                problem = HyperProblem(
-                    model=model, loss=loss, hparams=loss.hparameters(), objective=balanced_ce,
-                    train_batches=train, val_batches=val,
-                    train_forward=lambda x, y, m=None, net=model: (net if m is None else m)(x),
-                    val_forward=lambda x, m=None, net=model: (net if m is None else m)(x),
-                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), weight_decay=5e-4,
-                    classifier=clf, train_features=train, val_features=[(torch.cat([v[0] for v in val]),
-                                                                         torch.cat([v[1] for v in val]))])
+                    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, c))
+                    problem = ModelProblem(
+                        model, loss, balanced_ce, hparams, train, val,
+                        train_forward=lambda x, y, m=None, net=model: (net if m is None else m)(x),
+                        val_forward=lambda x, m=None, net=model: (net if m is None else m)(x),
+                        weight_decay=wd, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
                 engine(problem)  # warm-up
                 times = []
                 for _ in range(3):

@@ -18,7 +18,6 @@ and one step of its own upper optimizer. The caller's optimizer, the model's wei
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import weakref
 from collections import deque
@@ -27,13 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from ab_plugin.hypergrad import HypergradEngine, HyperProblem, UnrolledEngine, create_engine, frozen_norm_stats
+from ab_plugin.config import Config
+from ab_plugin.hypergrad import (
+    FeatureProblem,
+    HypergradEngine,
+    ModelProblem,
+    UnrolledEngine,
+    create_engine,
+    frozen_norm_stats,
+)
 from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing, to_soft_targets
 from ab_plugin.models import split_model
 from ab_plugin.objectives import create_objective
+from ab_plugin.upper import UpperLevel, UpperOptimizer
 
 __all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
 
@@ -42,9 +49,9 @@ Batch = tuple[Tensor, ...]
 #: zero-argument callable returning such an iterable. ``x`` must be what ``model(x)`` takes (already
 #: normalised / preprocessed); batches are moved to the model's device.
 ValSource = Iterable[Sequence[Tensor]] | Callable[[], Iterable[Sequence[Tensor]]]
-UpperOptimizer = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
+_DEFAULTS = Config()  # one set of defaults for the CLI's search and for the criterion
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -169,6 +176,11 @@ class AutoBalanceCriterion(nn.Module):
         upper_optimizer: ``adam`` | ``sgd`` or a callable ``params -> torch.optim.Optimizer``.
         upper_lr, upper_momentum, upper_weight_decay: upper optimizer settings.
         clip: largest L2 norm of a hypergradient (0 disables clipping).
+        upper_warmup: hyper-steps over which the upper lr ramps up linearly (0: none).
+        upper_decay: scale the upper lr by the attached optimizer's current lr over its lr at the first
+            hyper-step (α's steps decay with your schedule).
+        average_from: average α from this hyper-step on; :meth:`use_average` puts the average into α (what
+            to export at the end of training). ``None``: no averaging.
         weight_decay: the L2 term of the inner problem (use your optimizer's weight decay).
         auto_step: take hyper-steps inside :meth:`forward`; ``False`` leaves it to :meth:`step` (what the
             timm / Lightning callbacks do, after the optimizer step).
@@ -187,26 +199,29 @@ class AutoBalanceCriterion(nn.Module):
         self,
         class_counts: Sequence[int] | Tensor,
         *,
-        init: str = "neutral",
-        tau: float = 1.0,
-        gamma: float = 0.2,
-        learn: Sequence[str] = ("logit_bias", "logit_scale"),
-        sharing: str | Sharing | None = "poly:3",
+        init: str = _DEFAULTS.init,
+        tau: float = _DEFAULTS.tau,
+        gamma: float = _DEFAULTS.gamma,
+        learn: Sequence[str] = _DEFAULTS.learn,
+        sharing: str | Sharing | None = _DEFAULTS.sharing,
         loss: ParametricCrossEntropy | None = None,
-        engine: str | HypergradEngine = "head",
+        engine: str | HypergradEngine = _DEFAULTS.engine,
         engine_options: dict[str, Any] | None = None,
-        interval: int = 5,
+        interval: int = _DEFAULTS.interval,
         start_step: int = 0,
-        hyper_batches: int = 4,
-        val_batches: int | None = 4,
+        hyper_batches: int = _DEFAULTS.hyper_batches,
+        val_batches: int | None = _DEFAULTS.hyper_batches,
         val_every: int = 1,
-        objective: str | Callable[..., Tensor] = "balanced",
-        upper_optimizer: UpperOptimizer = "adam",
-        upper_lr: float = 0.01,
-        upper_momentum: float = 0.9,
-        upper_weight_decay: float = 1e-4,
-        clip: float = 1.0,
-        weight_decay: float = 5e-4,
+        objective: str | Callable[..., Tensor] = _DEFAULTS.objective,
+        upper_optimizer: UpperOptimizer = _DEFAULTS.upper_optimizer,
+        upper_lr: float = _DEFAULTS.upper_lr,
+        upper_momentum: float = _DEFAULTS.upper_momentum,
+        upper_weight_decay: float = _DEFAULTS.upper_weight_decay,
+        clip: float = _DEFAULTS.clip,
+        upper_warmup: int = 0,
+        upper_decay: bool = _DEFAULTS.upper_decay,
+        average_from: int | None = None,
+        weight_decay: float = _DEFAULTS.weight_decay,
         auto_step: bool = True,
         save_buffer: bool = True,
     ) -> None:
@@ -227,17 +242,15 @@ class AutoBalanceCriterion(nn.Module):
         self.objective = create_objective(objective) if isinstance(objective, str) else objective
         self.interval, self.start_step = int(interval), int(start_step)
         self.hyper_batches, self.val_batches, self.val_every = int(hyper_batches), val_batches, int(val_every)
-        self.clip, self.weight_decay = float(clip), float(weight_decay)
-        self.auto_step, self.save_buffer = bool(auto_step), bool(save_buffer)
+        self.weight_decay = float(weight_decay)
+        self.auto_step, self.save_buffer, self.upper_decay = bool(auto_step), bool(save_buffer), bool(upper_decay)
         for h in self.loss.hparameters():
             h.requires_grad_(False)
-        self.upper_optimizer = self._make_upper_optimizer(upper_optimizer, upper_lr, upper_momentum,
-                                                          upper_weight_decay)
-        # counters (saved)
-        self.steps = 0
-        self.hyper_steps = 0
-        self.skipped_hyper_steps = 0
-        self.last_hypergrad_norm: float | None = None
+        self.upper = UpperLevel(self.loss.hparameters(), optimizer=upper_optimizer, lr=upper_lr,
+                                momentum=upper_momentum, weight_decay=upper_weight_decay, clip=clip,
+                                warmup_steps=upper_warmup, average_from=average_from)
+        self.steps = 0  # lower steps counted (saved)
+        self._peak_lr: float | None = None  # the attached optimizer's lr at the first hyper-step (saved)
         # runtime (not saved)
         self._attached: _Attachment | None = None
         self._buffer: deque[tuple[Tensor, Tensor]] = deque(maxlen=self.hyper_batches)
@@ -251,19 +264,6 @@ class AutoBalanceCriterion(nn.Module):
         self._val_age = 0
 
     # ------------------------------------------------------------------------------------------ set-up
-    def _make_upper_optimizer(self, kind: UpperOptimizer, lr: float, momentum: float,
-                              wd: float) -> torch.optim.Optimizer:
-        params = list(self.loss.hparameters())
-        if not params:  # nothing to learn: a placeholder keeps state_dict uniform
-            params = [nn.Parameter(torch.zeros(0), requires_grad=False)]
-        if callable(kind):
-            return kind(params)
-        if kind == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if kind == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
-        raise ValueError(f"unknown upper optimizer {kind!r}: use 'adam', 'sgd' or a callable params -> Optimizer")
-
     @property
     def num_classes(self) -> int:
         """``C``."""
@@ -272,7 +272,7 @@ class AutoBalanceCriterion(nn.Module):
     @property
     def uses_features(self) -> bool:
         """Whether the engine works on captured classifier inputs (``head``) rather than input batches."""
-        return bool(getattr(self.engine, "needs_features", False))
+        return getattr(self.engine, "problem", ModelProblem) is FeatureProblem
 
     @property
     def is_attached(self) -> bool:
@@ -459,35 +459,34 @@ class AutoBalanceCriterion(nn.Module):
             items = [(x, to_soft_targets(t, self.num_classes).float()) for x, t in items]
         return items
 
-    def _problem(self, hparams: list[nn.Parameter], device: torch.device) -> HyperProblem:
+    def _problem(self, hparams: list[nn.Parameter], device: torch.device) -> FeatureProblem | ModelProblem:
         att = self._attached
         assert att is not None
         model = att.model
-
-        def train_forward(x: Tensor, y: Tensor, fmodel: nn.Module | None = None) -> Tensor:
-            return (fmodel or model)(x).float()
-
-        def val_forward(x: Tensor, fmodel: nn.Module | None = None) -> Tensor:
-            return (fmodel or model)(x).float()
-
         train = self._train_buffer(device)
-        head = self.uses_features
-        return HyperProblem(
-            model=model,
-            loss=self.loss,
-            hparams=list(hparams),
-            objective=self.objective,
-            train_batches=[] if head else train,
-            val_batches=[] if head else self._next_val_batches(device),
-            train_forward=train_forward,
-            val_forward=val_forward,
-            optimizer=att.optimizer,
-            weight_decay=self.weight_decay,
-            classifier=att.classifier,
-            features=att.features,
-            train_features=train if head else [],
-            val_features=self._val_features(device) if head else [],
+        if self.uses_features:
+            return FeatureProblem(att.classifier, self.loss, self.objective, list(hparams), train,
+                                  self._val_features(device), self.weight_decay)
+
+        def forward(x: Tensor, *_: Any, fmodel: nn.Module | None = None) -> Tensor:
+            return (fmodel or model)(x).float()
+
+        return ModelProblem(
+            model, self.loss, self.objective, list(hparams), train, self._next_val_batches(device),
+            train_forward=lambda x, y, fmodel=None: forward(x, fmodel=fmodel),
+            val_forward=lambda x, fmodel=None: forward(x, fmodel=fmodel),
+            weight_decay=self.weight_decay, optimizer=att.optimizer,
         )
+
+    def _lr_scale(self) -> float:
+        """The attached optimizer's lr over its lr at the first hyper-step (``upper_decay``), else 1."""
+        opt = self._attached.optimizer if self._attached is not None else None
+        if not self.upper_decay or opt is None:
+            return 1.0
+        lr = float(opt.param_groups[0]["lr"])
+        if self._peak_lr is None:
+            self._peak_lr = lr
+        return lr / self._peak_lr if self._peak_lr > 0 else 1.0
 
     def hyper_step(self) -> float | None:
         """One upper step on α now; returns the (unclipped) hypergradient norm, ``None`` when skipped.
@@ -517,25 +516,28 @@ class AutoBalanceCriterion(nn.Module):
             stack.enter_context(torch.autocast(device.type, enabled=False))
             stack.enter_context(_model_untouched(att.model))
             hparams = stack.enter_context(self._hparams_live())
-            grads = [g.detach() for g in self.engine(self._problem(hparams, device))]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for g in grads:
-                dist.all_reduce(g)
-                g.div_(dist.get_world_size())
-        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
-        self.last_hypergrad_norm = norm
-        if not math.isfinite(norm):
-            self.skipped_hyper_steps += 1
+            grads = self.engine(self._problem(hparams, device))
+        norm = self.upper.step(grads, lr_scale=self._lr_scale())
+        if norm is None:
             warnings.warn(f"non-finite hypergradient at step {self.steps}: hyper-step skipped",
                           RuntimeWarning, stacklevel=2)
-            return None
-        scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip > 0 else 1.0
-        for h, g in zip(hparams, grads, strict=True):
-            h.grad = (g * scale).to(h.dtype)
-        self.upper_optimizer.step()
-        self.upper_optimizer.zero_grad(set_to_none=True)
-        self.hyper_steps += 1
         return norm
+
+    def use_average(self) -> bool:
+        """Put α's average since ``average_from`` into α (call once training is over); ``False`` if none."""
+        return self.upper.use_average()
+
+    @property
+    def hyper_steps(self) -> int:
+        return self.upper.steps
+
+    @property
+    def skipped_hyper_steps(self) -> int:
+        return self.upper.skipped
+
+    @property
+    def last_hypergrad_norm(self) -> float | None:
+        return self.upper.last_norm
 
     # ------------------------------------------------------------------------------------ reporting
     @property
@@ -562,11 +564,9 @@ class AutoBalanceCriterion(nn.Module):
         """Upper optimizer state, counters, validation position and (``save_buffer``) the training buffer."""
         return {
             "format": _STATE_FORMAT,
-            "upper_optimizer": self.upper_optimizer.state_dict(),
+            "upper": self.upper.state_dict(),
             "steps": self.steps,
-            "hyper_steps": self.hyper_steps,
-            "skipped_hyper_steps": self.skipped_hyper_steps,
-            "last_hypergrad_norm": self.last_hypergrad_norm,
+            "peak_lr": self._peak_lr,
             "val_position": self._val_pos,
             "due": self._due,
             "train_buffer": [(x.detach().clone(), t.detach().clone()) for x, t in self._buffer]
@@ -576,11 +576,9 @@ class AutoBalanceCriterion(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError("not an AutoBalanceCriterion state (format mismatch): save it with state_dict()")
-        self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        self.upper.load_state_dict(state["upper"])
         self.steps = int(state["steps"])
-        self.hyper_steps = int(state["hyper_steps"])
-        self.skipped_hyper_steps = int(state["skipped_hyper_steps"])
-        self.last_hypergrad_norm = state.get("last_hypergrad_norm")
+        self._peak_lr = state.get("peak_lr")
         self._due = bool(state.get("due", False))
         self._val_skip, self._val_pos = int(state.get("val_position", 0)), int(state.get("val_position", 0))
         self._val_iter, self._val_cache, self._pending = None, [], None
@@ -589,8 +587,7 @@ class AutoBalanceCriterion(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AutoBalanceCriterion:
         out = super()._apply(fn, recurse)
-        if self.upper_optimizer.state:  # re-cast the optimizer state to the parameters' new device / dtype
-            self.upper_optimizer.load_state_dict(self.upper_optimizer.state_dict())
+        self.upper.to(self.loss.class_weight_raw.device)  # the optimizer state follows the parameters
         return out
 
 

@@ -2,29 +2,34 @@
 
 from ._engines import (
     ENGINES,
+    FeatureProblem,
     HeadEngine,
     HypergradEngine,
-    HyperProblem,
     ImplicitEngine,
+    ModelProblem,
     UnrolledEngine,
     create_engine,
     frozen_norm_stats,
     list_engines,
 )
 from ._implicit import implicit_grad
-from ._solvers import conjugate_gradient, neumann
+from ._solvers import SOLVERS, Solver, conjugate_gradient, create_solver, neumann
 from ._unrolled import check_unrollable, unrolled_grad
 
 __all__ = [
     "ENGINES",
+    "SOLVERS",
+    "FeatureProblem",
     "HeadEngine",
-    "HyperProblem",
     "HypergradEngine",
     "ImplicitEngine",
+    "ModelProblem",
+    "Solver",
     "UnrolledEngine",
     "check_unrollable",
     "conjugate_gradient",
     "create_engine",
+    "create_solver",
     "frozen_norm_stats",
     "implicit_grad",
     "list_engines",

@@ -1,55 +1,73 @@
-"""Hypergradient engines used by the bilevel search, behind one call signature.
+"""Hypergradient engines used by the bilevel search.
 
-An engine maps a :class:`HyperProblem` (the current model, loss, data and hyperparameters) to one
-gradient per hyperparameter. ``head`` restricts θ to the classifier (features come from forward
-passes the training already does), ``neumann`` / ``cg`` are the paper's implicit engines over all
-weights, ``unrolled`` differentiates through a few optimiser steps with ``higher``.
+An engine maps a problem to one gradient per hyperparameter. There are two kinds of problem, and an
+engine reads every field of the kind it declares (``engine.problem``):
+
+- :class:`FeatureProblem` (``head``): θ is the classifier, on features the training loop already
+  computed; no backward pass through the backbone.
+- :class:`ModelProblem` (``neumann``, ``cg``, ``unrolled``): θ is every trainable weight; the engine
+  runs the model on input batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..losses import to_soft_targets
 from ._implicit import implicit_grad
+from ._solvers import Solver, create_solver
 from ._unrolled import unrolled_grad
 
 Batch = tuple[torch.Tensor, ...]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[..., torch.Tensor]
 
 
 @dataclass
-class HyperProblem:
-    """Everything an engine may need for one hyper-step.
+class FeatureProblem:
+    """One hyper-step with θ = the classifier's weights.
 
-    ``train_batches`` / ``val_batches``: lists of ``(x uint8 [B,3,H,W], y [B], (groups [B]))`` on the
-    device. ``train_forward(x, y, model=None)`` augments, normalises and runs the model (or the given
-    functional copy of it); ``val_forward(x, model=None)`` runs it without augmentation.
-    ``features`` / ``classifier`` split the model (``classifier(features(x)) == model(x)``);
-    ``train_features`` / ``val_features`` are detached ``(features [B, D], y[, groups])`` already
-    computed by the training loop (head engine).
+    ``train``: ``(features [B, D], targets [B] or [B, C])`` pairs, detached except where a batch carries
+    the graph from learned augmentation parameters to its features; ``val``: ``(features [B, D], y [B])``
+    or ``(features, y, groups)``. ``weight_decay``: the L2 coefficient the lower optimizer applies to
+    every classifier parameter, bias included.
+    """
+
+    classifier: nn.Module
+    loss: LossFn
+    objective: Objective
+    hparams: list[torch.Tensor]
+    train: list[Batch]
+    val: list[Batch]
+    weight_decay: float
+
+
+@dataclass
+class ModelProblem:
+    """One hyper-step with θ = all trainable weights of ``model``.
+
+    ``train``: ``(x, y)`` input batches; ``val``: ``(x, y)`` or ``(x, y, groups)``.
+    ``train_forward(x, y, model=None)`` augments, preprocesses and runs the model (or the given functional
+    copy of it); ``val_forward(x, model=None)`` runs it without augmentation. ``optimizer`` is the lower
+    optimizer (read by the unrolled engine, never stepped).
     """
 
     model: nn.Module
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: LossFn
+    objective: Objective
     hparams: list[torch.Tensor]
-    objective: Callable[..., torch.Tensor]
-    train_batches: list[Batch]
-    val_batches: list[Batch]
-    train_forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    val_forward: Callable[[torch.Tensor], torch.Tensor]
+    train: list[Batch]
+    val: list[Batch]
+    train_forward: Callable[..., torch.Tensor]
+    val_forward: Callable[..., torch.Tensor]
+    weight_decay: float
     optimizer: torch.optim.Optimizer | None = None
-    weight_decay: float = 0.0
-    classifier: nn.Module | None = None
-    features: Callable[[torch.Tensor], torch.Tensor] | None = None
-    augment_features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    train_features: list[Batch] = field(default_factory=list)
-    val_features: list[Batch] = field(default_factory=list)
-    augment_learned: bool = False
 
 
 @contextlib.contextmanager
@@ -73,78 +91,72 @@ def _l2(params: list[torch.Tensor]) -> torch.Tensor:
     return sum((p * p).sum() for p in params)
 
 
-def _val_piece(problem: HyperProblem, batch: Batch) -> Callable[[], torch.Tensor]:
-    x, y, *g = batch
-    return lambda: problem.objective(problem.val_forward(x), y, g[0] if g else None)
+def _cat_val(batches: list[Batch], outputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Concatenated ``(outputs, y, groups | None)`` of validation batches."""
+    y = torch.cat([b[1] for b in batches])
+    g = torch.cat([b[2] for b in batches]) if len(batches[0]) > 2 else None
+    return torch.cat(outputs), y, g
 
 
 class HypergradEngine:
     """Base: ``engine(problem) -> list of gradients`` (one per ``problem.hparams``)."""
 
     name = "base"
-    needs_features = False
+    problem: type = ModelProblem
 
-    def __call__(self, problem: HyperProblem) -> list[torch.Tensor]:
+    def __call__(self, problem) -> list[torch.Tensor]:
         raise NotImplementedError
 
 
 class HeadEngine(HypergradEngine):
-    """Implicit hypergradient with θ = the classifier's weights, solved by CG on cached features.
+    """Implicit hypergradient with θ = the classifier's weights, solved on cached features.
 
-    α touches only the logits, so the classifier alone carries the first-order coupling between α
-    and the validation loss; restricting θ to it gives a small, convex inner problem that needs no
-    backward pass through the backbone (except through the augmentation when it is learned).
+    α touches only the logits, so the classifier alone carries the first-order coupling between α and
+    the validation loss; restricting θ to it gives a small, strictly convex inner problem (its weight
+    decay covers the bias too, as the lower SGD's does) that needs no backward pass through the backbone,
+    except through a training batch whose features carry a graph to learned augmentation parameters.
     """
 
     name = "head"
-    needs_features = True
+    problem = FeatureProblem
 
-    def __init__(self, iters: int = 30, damping: float = 1e-3, tol: float = 1e-6) -> None:
-        self.iters, self.damping, self.tol = iters, damping, tol
+    def __init__(self, solver: Solver | None = None) -> None:
+        # the weight decay already makes the Hessian positive definite, so no damping is needed
+        self.solver = solver or create_solver("cg", iters=30, tol=1e-6)
 
-    def __call__(self, problem: HyperProblem) -> list[torch.Tensor]:
-        if problem.classifier is None or not problem.train_features or not problem.val_features:
-            raise ValueError("the head engine needs the classifier and cached train/validation features")
+    def __call__(self, problem: FeatureProblem) -> list[torch.Tensor]:
+        if not problem.train or not problem.val:
+            raise ValueError("the head engine needs training and validation features")
         clf = problem.classifier
         params = [p for p in clf.parameters() if p.requires_grad]
-        weights = [p for p in params if p.ndim > 1]
         wd = problem.weight_decay
-        feats = torch.cat([b[0] for b in problem.train_features]).float()
-        targets = [b[1] for b in problem.train_features]
+        feats = torch.cat([b[0] for b in problem.train]).float()
+        targets = [b[1] for b in problem.train]
         if any(t.ndim == 2 for t in targets):  # mixup batches beside hard-label ones: all soft
             n = next(t.shape[1] for t in targets if t.ndim == 2)
             targets = [to_soft_targets(t, n) for t in targets]
         labels = torch.cat(targets)
-        pieces = [lambda: problem.loss(clf(feats), labels) + 0.5 * wd * _l2(weights)]
-        if problem.augment_learned and problem.augment_features is not None and problem.train_batches:
-            # one live batch carries the graph from the policy parameters to the features
-            x, y = problem.train_batches[-1][:2]
-            live = problem.augment_features(x, y)
-            pieces.append(lambda: problem.loss(clf(live), y) + 0.5 * wd * _l2(weights))
-        vf = torch.cat([b[0] for b in problem.val_features]).float()
-        vy = torch.cat([b[1] for b in problem.val_features])
-        vg = torch.cat([b[2] for b in problem.val_features]) if len(problem.val_features[0]) > 2 else None
-        val = lambda: problem.objective(clf(vf), vy, vg)  # noqa: E731
+        vf, vy, vg = _cat_val(problem.val, [b[0].float() for b in problem.val])
         return implicit_grad(
-            pieces, val, params, problem.hparams, "cg",
-            iters=self.iters, damping=self.damping, tol=self.tol, cache_graphs=True,
+            lambda: problem.loss(clf(feats), labels) + 0.5 * wd * _l2(params),
+            lambda: problem.objective(clf(vf), vy, vg),
+            params, problem.hparams, self.solver, cache_graphs=True,
         )
 
 
 class ImplicitEngine(HypergradEngine):
-    """The paper's engine: θ = all trainable weights, ``H⁻¹ v`` by Neumann series or CG.
+    """The paper's engine: θ = all trainable weights, ``H⁻¹ v`` by the given solver (Neumann or CG).
 
-    Training pieces are rebuilt one batch at a time per Hessian product, so only one batch graph
-    is alive at once (the original code held ten).
+    Training pieces are rebuilt one batch at a time per Hessian product, so only one batch graph is
+    alive at once.
     """
 
-    def __init__(self, method: str = "neumann", terms: int = 5, step: float = 1.0, iters: int = 10,
-                 damping: float = 1e-3, cache_graphs: bool = False) -> None:
-        self.method, self.name = method, method
-        self.terms, self.step, self.iters, self.damping = terms, step, iters, damping
-        self.cache_graphs = cache_graphs
+    problem = ModelProblem
 
-    def __call__(self, problem: HyperProblem) -> list[torch.Tensor]:
+    def __init__(self, solver: Solver, name: str = "implicit", cache_graphs: bool = False) -> None:
+        self.solver, self.name, self.cache_graphs = solver, name, cache_graphs
+
+    def __call__(self, problem: ModelProblem) -> list[torch.Tensor]:
         model = problem.model
         params = [p for p in model.parameters() if p.requires_grad]
         wd = problem.weight_decay
@@ -153,14 +165,14 @@ class ImplicitEngine(HypergradEngine):
             x, y = batch[:2]
             return lambda: problem.loss(problem.train_forward(x, y), y) + 0.5 * wd * _l2(params)
 
-        val = [_in_mode(model, False, _val_piece(problem, b)) for b in problem.val_batches]
-        train = [_in_mode(model, True, train_piece(b)) for b in problem.train_batches]
+        def val_piece(batch: Batch) -> Callable[[], torch.Tensor]:
+            x, y, *g = batch
+            return lambda: problem.objective(problem.val_forward(x), y, g[0] if g else None)
+
+        val = [_in_mode(model, False, val_piece(b)) for b in problem.val]
+        train = [_in_mode(model, True, train_piece(b)) for b in problem.train]
         with frozen_norm_stats(model):
-            return implicit_grad(
-                train, val, params, problem.hparams, self.method,
-                terms=self.terms, step=self.step, iters=self.iters, damping=self.damping,
-                cache_graphs=self.cache_graphs,
-            )
+            return implicit_grad(train, val, params, problem.hparams, self.solver, cache_graphs=self.cache_graphs)
 
 
 def _in_mode(model: nn.Module, training: bool, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -179,42 +191,58 @@ class UnrolledEngine(HypergradEngine):
     """Differentiate the validation objective through ``steps`` optimiser updates (``higher``)."""
 
     name = "unrolled"
+    problem = ModelProblem
 
     def __init__(self, steps: int = 1) -> None:
         self.steps = steps
 
-    def __call__(self, problem: HyperProblem) -> list[torch.Tensor]:
+    def __call__(self, problem: ModelProblem) -> list[torch.Tensor]:
         if problem.optimizer is None:
             raise ValueError("the unrolled engine needs the lower-level optimizer")
-        batches = problem.train_batches
+        batches = problem.train
 
         def train_loss(fmodel: nn.Module, k: int) -> torch.Tensor:
             x, y = batches[k % len(batches)][:2]
             return problem.loss(problem.train_forward(x, y, fmodel), y)
 
         def val_loss(fmodel: nn.Module) -> torch.Tensor:
-            outs = [problem.val_forward(b[0], fmodel) for b in problem.val_batches]
-            y = torch.cat([b[1] for b in problem.val_batches])
-            g = torch.cat([b[2] for b in problem.val_batches]) if len(problem.val_batches[0]) > 2 else None
-            return problem.objective(torch.cat(outs), y, g)
+            outs, y, g = _cat_val(problem.val, [problem.val_forward(b[0], fmodel) for b in problem.val])
+            return problem.objective(outs, y, g)
 
         with frozen_norm_stats(problem.model):
             return unrolled_grad(problem.model, problem.optimizer, train_loss, val_loss, problem.hparams, self.steps)
 
 
-ENGINES: dict[str, Callable[..., HypergradEngine]] = {
-    "head": HeadEngine,
-    "neumann": lambda **kw: ImplicitEngine("neumann", **kw),
-    "cg": lambda **kw: ImplicitEngine("cg", **kw),
-    "unrolled": UnrolledEngine,
-}
+ENGINES: Registry[HypergradEngine] = Registry("hypergradient engine")
+
+
+@ENGINES.register("head")
+def _head(iters: int = 30, tol: float = 1e-6, damping: float = 0.0) -> HypergradEngine:
+    return HeadEngine(create_solver("cg", iters=iters, tol=tol, damping=damping))
+
+
+@ENGINES.register("neumann")
+def _neumann(terms: int = 5, step: float = 1.0, cache_graphs: bool = False) -> HypergradEngine:
+    return ImplicitEngine(create_solver("neumann", terms=terms, step=step), "neumann", cache_graphs)
+
+
+@ENGINES.register("cg")
+def _cg(iters: int = 10, tol: float = 1e-10, damping: float = 1e-3, cache_graphs: bool = False) -> HypergradEngine:
+    return ImplicitEngine(create_solver("cg", iters=iters, tol=tol, damping=damping), "cg", cache_graphs)
+
+
+ENGINES.register("unrolled", UnrolledEngine)
 
 
 def create_engine(name: str, **options) -> HypergradEngine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown hypergradient engine {name!r}: choose from {list(ENGINES)}")
-    return ENGINES[name](**options)
+    """An engine by name with its options (``head``: iters, tol, damping; ``neumann``: terms, step;
+    ``cg``: iters, tol, damping; ``unrolled``: steps)."""
+    try:
+        return ENGINES.create(name, **options)
+    except TypeError as e:
+        raise ValueError(f"bad options {options} for engine {name!r}: {e}") from None
 
 
 def list_engines() -> list[str]:
-    return list(ENGINES)
+    return ENGINES.names()
+

@@ -9,10 +9,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._solvers import Vec, conjugate_gradient, dot, neumann
+from ._solvers import Solver, Vec, create_solver, dot
 
 LossFn = Callable[[], torch.Tensor]
-METHODS = ("neumann", "cg")
 
 
 def _pieces(fn: LossFn | Sequence[LossFn]) -> list[LossFn]:
@@ -73,13 +72,8 @@ def implicit_grad(
     val_loss: LossFn | Sequence[LossFn],
     params: Sequence[torch.Tensor],
     hparams: Sequence[torch.Tensor],
-    method: str = "neumann",
+    solver: Solver | None = None,
     *,
-    terms: int = 5,
-    step: float = 1.0,
-    iters: int = 20,
-    tol: float = 1e-10,
-    damping: float = 0.0,
     cache_graphs: bool = False,
 ) -> list[torch.Tensor]:
     """Hypergradient ``dL_val(θ*(α))/dα`` by the implicit function theorem.
@@ -91,15 +85,15 @@ def implicit_grad(
         val_loss: the same for ``L_val``; it may depend on ``hparams`` directly (that term is added).
         params: inner variables ``θ`` (assumed at a minimum of ``ℓ_train``).
         hparams: outer variables ``α`` with ``requires_grad=True``.
-        method: ``"neumann"`` (``terms`` K, ``step`` η) or ``"cg"`` (``iters``, ``tol``, ``damping``).
+        solver: ``solver(hvp, v) -> x`` approximately solving ``H x = v`` (see :func:`create_solver`);
+            default: the paper's Neumann series with 5 terms and step 1.
         cache_graphs: keep each training piece's first-order graph for all Hessian products (fast,
             memory grows with the pieces) instead of rebuilding it per product.
 
     Returns:
         one gradient tensor per hparam, same shapes.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown implicit method {method!r}: choose from {list(METHODS)}")
+    solver = solver or create_solver("neumann", terms=5, step=1.0)
     params, hparams = list(params), list(hparams)
     val_pieces = _pieces(val_loss)
     v = [torch.zeros_like(p) for p in params]
@@ -110,9 +104,6 @@ def implicit_grad(
         v = [a + b.detach() / len(val_pieces) for a, b in zip(v, g[: len(params)], strict=True)]
         direct = [a + b.detach() / len(val_pieces) for a, b in zip(direct, g[len(params) :], strict=True)]
     train = _TrainGradients(_pieces(train_loss), params, cache_graphs)
-    if method == "neumann":
-        x = neumann(train.hvp, v, terms=terms, step=step)
-    else:
-        x = conjugate_gradient(train.hvp, v, iters=iters, tol=tol, damping=damping)
+    x = solver(train.hvp, v)
     mixed = train.mixed(x, hparams)
     return [d - m for d, m in zip(direct, mixed, strict=True)]

@@ -1,13 +1,21 @@
-"""Linear solvers for ``H x = v`` on lists of tensors, given only the product ``u -> H u``."""
+"""Linear solvers for ``H x = v`` on lists of tensors, given only the product ``u -> H u``.
+
+A solver is any callable ``solver(hvp, v) -> x`` (torchopt's shape); :func:`create_solver` binds the
+options of a named one.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
 
+from .._registry import Registry
+
 Vec = list[torch.Tensor]
 HVP = Callable[[Vec], Vec]
+Solver = Callable[[HVP, Vec], Vec]
 
 
 def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -53,3 +61,13 @@ def conjugate_gradient(hvp: HVP, v: Vec, iters: int = 20, tol: float = 1e-10, da
         p = axpy(rs_new / rs, p, r)
         rs = rs_new
     return x
+
+
+SOLVERS: Registry[Vec] = Registry("linear solver")
+SOLVERS.register("neumann", neumann)
+SOLVERS.register("cg", conjugate_gradient)
+
+
+def create_solver(name: str, **options) -> Solver:
+    """``neumann`` (``terms``, ``step``) or ``cg`` (``iters``, ``tol``, ``damping``) with its options bound."""
+    return functools.partial(SOLVERS.get(name), **options)

@@ -149,7 +149,7 @@ def test_state_dict_round_trip_continues_with_the_same_alpha():
     train(model, opt, crit, data[:5])  # odd step count: a partly filled interval and a saved buffer
     state = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
              "crit": copy.deepcopy(crit.state_dict())}
-    assert "_extra_state" in state["crit"] and state["crit"]["_extra_state"]["upper_optimizer"]["state"]
+    assert "_extra_state" in state["crit"] and state["crit"]["_extra_state"]["upper"]["optimizer"]["state"]
     model2, opt2, crit2 = new_setup(seed=123)  # different init: everything must come from the state
     model2.load_state_dict(state["model"])
     opt2.load_state_dict(state["opt"])

@@ -8,6 +8,7 @@ import torch
 from conftest import TinyNet
 
 from ab_plugin import AutoBalance, Config, retrain, train_baseline
+from ab_plugin.hypergrad import FeatureProblem
 from ab_plugin.trainer import CHECKPOINT, METRICS, Trainer
 
 FAST = dict(dataset="blobs", epochs=12, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.25, interval=2,
@@ -89,7 +90,7 @@ def test_nan_hypergradient_is_skipped_and_alpha_kept(tiny_bundle):
     trainer, _ = AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))
     before = trainer.loss.per_class()
     trainer.upper.engine = lambda problem: [torch.full_like(h, float("nan")) for h in problem.hparams]
-    trainer.upper.engine.needs_features = True
+    trainer.upper.engine.problem = FeatureProblem
     with pytest.warns(RuntimeWarning, match="non-finite hypergradient"):
         trainer.fit()
     assert trainer.state.hyper_steps == 0 and trainer.state.skipped_hyper_steps == trainer.state.step // 2

@@ -10,13 +10,25 @@ from ._functional import (
     parametric_cross_entropy,
     to_soft_targets,
 )
-from ._parametric import HPARAM_NAMES, LOSSES, NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss
+from ._parametric import (
+    HPARAM_NAMES,
+    INITS,
+    LOSSES,
+    NEEDS_NORMED_HEAD,
+    PER_CLASS_NAMES,
+    ParametricCrossEntropy,
+    create_loss,
+    list_inits,
+    list_losses,
+)
 from ._sharing import Sharing, create_sharing, frequency_dictionary, frequency_groups, per_class
 
 __all__ = [
     "HPARAM_NAMES",
+    "INITS",
     "LOSSES",
     "NEEDS_NORMED_HEAD",
+    "PER_CLASS_NAMES",
     "ParametricCrossEntropy",
     "Sharing",
     "adjusted_logits",
@@ -28,6 +40,8 @@ __all__ = [
     "frequency_groups",
     "la_bias",
     "ldam_margins",
+    "list_inits",
+    "list_losses",
     "log_prior",
     "parametric_cross_entropy",
     "per_class",

@@ -62,7 +62,10 @@ def parametric_cross_entropy(
         margin: ``m`` ``[C]``, a margin taken off the true-class logit (LDAM); with soft targets
             ``t ⊙ m`` is taken off.
         margin_scale: ``s``, multiplies the adjusted logits (LDAM's normalised-classifier scale).
-        reduction: "mean" (over the batch), "sum" or "none" (``[B]``).
+        reduction: "mean", "sum" or "none" (``[B]``). With ``class_weight``, "mean" is the weighted mean
+            ``Σ_i w_i ℓ_i / Σ_i w_i`` (``w_i = Σ_c t_ic w_c``), as ``F.cross_entropy(weight=...)`` and LDAM-DRW
+            reduce: the weights then change each class's share of the gradient without changing its overall
+            step size, for fixed (DRW) and learned ``w`` alike.
     """
     num_classes = logits.shape[1]
     t = to_soft_targets(target, num_classes).to(logits.dtype)
@@ -76,7 +79,9 @@ def parametric_cross_entropy(
         nll = nll * class_weight
     per_sample = nll.sum(dim=1)
     if reduction == "mean":
-        return per_sample.mean()
+        if class_weight is None:
+            return per_sample.mean()
+        return per_sample.sum() / (t * class_weight).sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
     if reduction == "sum":
         return per_sample.sum()
     if reduction == "none":

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ._functional import (
     Counts,
     _as_counts,
@@ -15,19 +16,24 @@ from ._functional import (
     drw_weights,
     la_bias,
     ldam_margins,
+    log_prior,
     logit,
     parametric_cross_entropy,
 )
 from ._sharing import Sharing, per_class
 
-HPARAM_NAMES = ("class_weight", "logit_bias", "logit_scale")
+#: per-class hyperparameters (what a policy file stores), each ``[C]``
+PER_CLASS_NAMES = ("class_weight", "logit_bias", "logit_scale")
+#: what the upper level can learn: the per-class vectors, or LA's scalar ``tau`` alone (``l = τ log π``)
+HPARAM_NAMES = (*PER_CLASS_NAMES, "tau")
 
 
 class ParametricCrossEntropy(nn.Module):
     """``w_y · CE(Δ ⊙ z + l, y)`` with learnable, optionally shared, per-class ``w``, ``l``, ``Δ``.
 
     Parametrisation (``D`` the sharing basis ``[C, k]``, raw vectors ``[k]``):
-    ``w = C · softmax(D ω)`` (positive, mean 1), ``l = D λ``, ``Δ = sigmoid(D δ)`` in (0, 1).
+    ``w = C · softmax(D ω)`` (positive, mean 1), ``l = D λ + τ log π``, ``Δ = sigmoid(D δ)`` in (0, 1).
+    ``τ`` is a scalar, zero unless given or learned (the paper's "AutoBalance: τ of LA loss" row).
 
     Args:
         num_classes: ``C``.
@@ -35,8 +41,10 @@ class ParametricCrossEntropy(nn.Module):
         class_weight, logit_bias, logit_scale: initial per-class values ``[C]``; ``None`` means
             neutral (w = 1, l = 0) and, for the scale, "no scale" unless it is learned
             (then ``Δ = sigmoid(1)`` as in the reference code).
-        learn: which of ``class_weight``, ``logit_bias``, ``logit_scale`` the upper level tunes.
+        learn: which of ``class_weight``, ``logit_bias``, ``logit_scale``, ``tau`` the upper level tunes.
         margin: fixed LDAM margins ``[C]`` taken off the true-class logit; ``margin_scale`` ``s``.
+        counts: training counts ``[C]``, needed for ``τ log π`` (``tau`` given or learned).
+        tau: initial ``τ``.
 
     The learned raw tensors are ``nn.Parameter``s with ``requires_grad=True``: when this module is a
     sub-module of a model, keep them out of the lower optimiser (``backward(inputs=...)`` as the
@@ -54,12 +62,18 @@ class ParametricCrossEntropy(nn.Module):
         learn: Iterable[str] = (),
         margin: torch.Tensor | None = None,
         margin_scale: float = 1.0,
+        counts: Counts | None = None,
+        tau: float = 0.0,
     ) -> None:
         super().__init__()
         learn = tuple(learn)
         bad = set(learn) - set(HPARAM_NAMES)
         if bad:
             raise ValueError(f"cannot learn {sorted(bad)}: choose from {list(HPARAM_NAMES)}")
+        if ("tau" in learn or tau) and counts is None:
+            raise ValueError("τ log π needs the class counts: pass counts=")
+        if "tau" in learn and "logit_bias" in learn:
+            raise ValueError("learn either tau (l = τ log π) or logit_bias (free l), not both")
         self.num_classes = num_classes
         self.sharing = sharing or per_class(num_classes)
         if self.sharing.num_classes != num_classes:
@@ -77,9 +91,11 @@ class ParametricCrossEntropy(nn.Module):
             "logit_bias": torch.zeros(num_classes) if logit_bias is None else torch.as_tensor(logit_bias).float(),
             "logit_scale": torch.as_tensor(logit_scale).float(),
         }
-        for name in HPARAM_NAMES:
+        for name in PER_CLASS_NAMES:
             raw = self._fit(name, init[name])
             self.register_parameter(f"{name}_raw", nn.Parameter(raw, requires_grad=name in learn))
+        self.register_parameter("tau_raw", nn.Parameter(torch.tensor([float(tau)]), requires_grad="tau" in learn))
+        self.register_buffer("log_prior", None if counts is None else log_prior(counts), persistent=False)
         self.learn = learn
         self.register_buffer("margin", None if margin is None else torch.as_tensor(margin).float())
         self.margin_scale = float(margin_scale)
@@ -106,7 +122,13 @@ class ParametricCrossEntropy(nn.Module):
     @property
     def logit_bias(self) -> torch.Tensor:
         """``l`` ``[C]``, in logit units."""
-        return self._expand(self.logit_bias_raw)
+        free = self._expand(self.logit_bias_raw)
+        return free if self.log_prior is None else free + self.tau_raw * self.log_prior
+
+    @property
+    def tau(self) -> float:
+        """LA's ``τ`` in ``l = D λ + τ log π`` (0 unless given or learned)."""
+        return float(self.tau_raw.detach())
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -117,7 +139,7 @@ class ParametricCrossEntropy(nn.Module):
         return raw.clone() if self.basis is None else self.basis @ raw
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        for name in HPARAM_NAMES:
+        for name in PER_CLASS_NAMES:
             saved = state_dict.get(f"{prefix}{name}_raw")
             if saved is not None and saved.shape != getattr(self, f"{name}_raw").shape:
                 raise ValueError(
@@ -138,9 +160,6 @@ class ParametricCrossEntropy(nn.Module):
     def hparameters(self) -> list[nn.Parameter]:
         """The raw tensors the upper level optimises (only those in ``learn``)."""
         return [getattr(self, f"{n}_raw") for n in HPARAM_NAMES if n in self.learn]
-
-    def hparameter_names(self) -> list[str]:
-        return [n for n in HPARAM_NAMES if n in self.learn]
 
     def set_progress(self, fraction: float) -> None:
         """Tell the loss how far training is (0..1); used by deferred re-weighting."""
@@ -173,7 +192,8 @@ class ParametricCrossEntropy(nn.Module):
             if "class_weight" in values:
                 self.use_weight = True
                 self.class_weight_raw.copy_(self._fit("class_weight", torch.tensor(values["class_weight"])))
-            if "logit_bias" in values:
+            if "logit_bias" in values:  # the whole l goes into the free part
+                self.tau_raw.zero_()
                 self.logit_bias_raw.copy_(self._fit("logit_bias", torch.tensor(values["logit_bias"])))
             if "logit_scale" in values:
                 self.use_scale = True
@@ -185,8 +205,58 @@ class ParametricCrossEntropy(nn.Module):
 
 # registry of loss recipes ---------------------------------------------------------------------
 
-LOSSES = ("ce", "la", "cdt", "vs", "ldam", "ldam-drw", "autobalance")
 NEEDS_NORMED_HEAD = {"ldam", "ldam-drw"}
+LOSSES: Registry[ParametricCrossEntropy] = Registry("loss")
+INITS: Registry[dict[str, Any]] = Registry("autobalance init")
+INITS.register("neutral", lambda c, tau, gamma: {})
+INITS.register("la", lambda c, tau, gamma: {"logit_bias": la_bias(c, tau)})
+INITS.register("cdt", lambda c, tau, gamma: {"logit_scale": cdt_scale(c, gamma)})
+INITS.register("vs", lambda c, tau, gamma: {"logit_bias": la_bias(c, tau), "logit_scale": cdt_scale(c, gamma)})
+
+
+@LOSSES.register("ce")
+def _ce(c: torch.Tensor, **_: Any) -> ParametricCrossEntropy:
+    return ParametricCrossEntropy(c.numel())
+
+
+@LOSSES.register("la")
+def _la(c: torch.Tensor, *, tau: float, **_: Any) -> ParametricCrossEntropy:
+    return ParametricCrossEntropy(c.numel(), logit_bias=la_bias(c, tau))
+
+
+@LOSSES.register("cdt")
+def _cdt(c: torch.Tensor, *, gamma: float, **_: Any) -> ParametricCrossEntropy:
+    return ParametricCrossEntropy(c.numel(), logit_scale=cdt_scale(c, gamma))
+
+
+@LOSSES.register("vs")
+def _vs(c: torch.Tensor, *, tau: float, gamma: float, **_: Any) -> ParametricCrossEntropy:
+    return ParametricCrossEntropy(c.numel(), logit_scale=cdt_scale(c, gamma), logit_bias=la_bias(c, tau))
+
+
+@LOSSES.register("ldam")
+def _ldam(c: torch.Tensor, *, max_margin: float, ldam_scale: float, **_: Any) -> ParametricCrossEntropy:
+    return ParametricCrossEntropy(c.numel(), margin=ldam_margins(c, max_margin), margin_scale=ldam_scale)
+
+
+@LOSSES.register("ldam-drw")
+def _ldam_drw(c: torch.Tensor, *, drw_from: float, **options: Any) -> ParametricCrossEntropy:
+    loss = _ldam(c, **options)
+    loss.deferred_weight = drw_weights(c)
+    loss.defer_from = drw_from
+    return loss
+
+
+@LOSSES.register("autobalance")
+def _autobalance(c: torch.Tensor, *, tau: float, gamma: float, init: str, learn: Iterable[str],
+                 sharing: Sharing | None, **_: Any) -> ParametricCrossEntropy:
+    learn = tuple(learn)
+    start = INITS.create(init, c, tau, gamma)
+    if "tau" in learn:  # LA's strength is the learned scalar itself, not a free l
+        return ParametricCrossEntropy(c.numel(), sharing=sharing, learn=learn, counts=c,
+                                      tau=tau if "logit_bias" in start else 0.0,
+                                      logit_scale=start.get("logit_scale"))
+    return ParametricCrossEntropy(c.numel(), sharing=sharing, learn=learn, **start)
 
 
 def create_loss(
@@ -202,35 +272,19 @@ def create_loss(
     learn: Iterable[str] = ("logit_bias", "logit_scale"),
     sharing: Sharing | None = None,
 ) -> ParametricCrossEntropy:
-    """Build a loss of the family by name. Baselines are fixed points; ``autobalance`` learns.
+    """Build a loss of the family by name (:func:`list_losses`). Baselines are fixed points; ``autobalance``
+    learns.
 
-    ``init`` (for ``autobalance``): ``neutral`` | ``la`` (l = τ log π) | ``cdt`` (Δ = (n/n_max)^γ)
-    | ``vs`` (both).
+    ``init`` (for ``autobalance``, :func:`list_inits`): ``neutral`` | ``la`` (l = τ log π) |
+    ``cdt`` (Δ = (n/n_max)^γ) | ``vs`` (both). With ``learn`` containing ``tau``, LA's τ is the learned value.
     """
-    c = _as_counts(counts)
-    n = c.numel()
-    if name == "ce":
-        return ParametricCrossEntropy(n)
-    if name == "la":
-        return ParametricCrossEntropy(n, logit_bias=la_bias(c, tau))
-    if name == "cdt":
-        return ParametricCrossEntropy(n, logit_scale=cdt_scale(c, gamma))
-    if name == "vs":
-        return ParametricCrossEntropy(n, logit_scale=cdt_scale(c, gamma), logit_bias=la_bias(c, tau))
-    if name in ("ldam", "ldam-drw"):
-        loss = ParametricCrossEntropy(n, margin=ldam_margins(c, max_margin), margin_scale=ldam_scale)
-        if name == "ldam-drw":
-            loss.deferred_weight = drw_weights(c)
-            loss.defer_from = drw_from
-        return loss
-    if name == "autobalance":
-        inits = {
-            "neutral": {},
-            "la": {"logit_bias": la_bias(c, tau)},
-            "cdt": {"logit_scale": cdt_scale(c, gamma)},
-            "vs": {"logit_bias": la_bias(c, tau), "logit_scale": cdt_scale(c, gamma)},
-        }
-        if init not in inits:
-            raise ValueError(f"unknown init {init!r}: choose from {list(inits)}")
-        return ParametricCrossEntropy(n, sharing=sharing, learn=learn, **inits[init])
-    raise ValueError(f"unknown loss {name!r}: choose from {list(LOSSES)}")
+    return LOSSES.create(name, _as_counts(counts), tau=tau, gamma=gamma, max_margin=max_margin,
+                         ldam_scale=ldam_scale, drw_from=drw_from, init=init, learn=learn, sharing=sharing)
+
+
+def list_losses() -> list[str]:
+    return LOSSES.names()
+
+
+def list_inits() -> list[str]:
+    return INITS.names()

@@ -55,7 +55,8 @@ def test_weights_and_soft_targets_reduce_to_hard_labels():
     hard = parametric_cross_entropy(z, y, w, lb, ls)
     soft = parametric_cross_entropy(z, F.one_hot(y, 6).float(), w, lb, ls)
     assert torch.allclose(hard, soft, atol=1e-6)
-    manual = (w[y] * F.cross_entropy(ls * z + lb, y, reduction="none")).mean()
+    # weighted mean, as F.cross_entropy(weight=...) reduces
+    manual = F.cross_entropy(ls * z + lb, y, weight=w)
     assert torch.allclose(hard, manual, atol=1e-6)
 
 
@@ -65,7 +66,7 @@ def test_soft_targets_mix_per_class_terms():
     t[:, 0] = 0.5
     w = torch.arange(1.0, 7.0)
     got = parametric_cross_entropy(z, t, class_weight=w)
-    expected = (-(t * w * F.log_softmax(z, 1)).sum(1)).mean()
+    expected = (-(t * w * F.log_softmax(z, 1)).sum(1)).sum() / (t * w).sum()
     assert torch.allclose(got, expected)
 
 
@@ -86,6 +87,27 @@ def test_ldam_drw_switches_weights_late():
     loss.set_progress(0.9)
     late = loss(z, y)
     assert not torch.allclose(early, late)
+    # the deferred phase is LDAM-DRW's F.cross_entropy(s · (z − m ⊙ t), y, weight=w_drw)
+    s_, m = loss.margin_scale, loss.margin
+    expected = F.cross_entropy(s_ * (z - F.one_hot(y, 6) * m), y, weight=loss.deferred_weight)
+    assert torch.allclose(late, expected, atol=1e-5)
+
+
+def test_learned_tau_is_la_with_one_scalar():
+    z, y = _batch()
+    loss = create_loss("autobalance", COUNTS, init="la", tau=1.5, learn=("tau",))
+    assert [h.shape for h in loss.hparameters()] == [torch.Size([1])] and loss.tau == 1.5
+    assert torch.allclose(loss(z, y), create_loss("la", COUNTS, tau=1.5)(z, y), atol=1e-6)
+    (g,) = torch.autograd.grad(loss(z, y), loss.hparameters())
+    eps = 1e-3
+    with torch.no_grad():
+        up = create_loss("autobalance", COUNTS, init="la", tau=1.5 + eps, learn=("tau",))(z, y)
+        down = create_loss("autobalance", COUNTS, init="la", tau=1.5 - eps, learn=("tau",))(z, y)
+    assert abs(float(g) - float(up - down) / (2 * eps)) < 1e-3
+    neutral = create_loss("autobalance", COUNTS, init="neutral", learn=("tau",))
+    assert neutral.tau == 0.0 and max(abs(v) for v in neutral.per_class()["logit_bias"]) == 0.0
+    with pytest.raises(ValueError, match="not both"):
+        create_loss("autobalance", COUNTS, learn=("tau", "logit_bias"))
 
 
 @pytest.mark.parametrize("spec", ["poly:6", "hat:6", "groups:6"])

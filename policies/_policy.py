@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ab_plugin.losses import expand_basis, fit_basis
+
 from . import _ops
 from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
 
@@ -186,22 +188,15 @@ class ClassPolicy(nn.Module):
 
     def _expand(self, raw: Tensor) -> Tensor:
         """``D @ raw``: ``[k, n]`` raw values -> ``[C, n]`` per-class logits."""
-        if self.basis is None:
-            return raw
-        return self.basis.to(raw.dtype) @ raw
+        return expand_basis(self.basis, raw)
 
     def _fit(self, target: Tensor) -> Tensor:
         """Raw ``[k, n]`` logits whose per-class sigmoid is ``target`` ``[C, n]``.
 
         Exact for the identity basis, least squares in logit space otherwise."""
         if self.has_identity_basis():
-            return _exact_logit(target)
-        assert self.basis is not None
-        z = torch.logit(target.double().clamp(1e-6, 1.0 - 1e-6))
-        if z.shape[1] == 0:
-            return torch.zeros(self.basis.shape[1], 0, dtype=target.dtype, device=target.device)
-        sol = torch.linalg.lstsq(self.basis.double().cpu(), z.cpu()).solution
-        return sol.to(dtype=target.dtype, device=target.device)
+            return fit_basis(None, target, inverse=_exact_logit)
+        return fit_basis(self.basis, target, inverse=lambda p: torch.logit(p.double().clamp(1e-6, 1.0 - 1e-6)))
 
     @property
     def probability(self) -> Tensor:

@@ -21,7 +21,15 @@ from ._parametric import (
     list_inits,
     list_losses,
 )
-from ._sharing import Sharing, create_sharing, frequency_dictionary, frequency_groups, per_class
+from ._sharing import (
+    Sharing,
+    create_sharing,
+    expand_basis,
+    fit_basis,
+    frequency_dictionary,
+    frequency_groups,
+    per_class,
+)
 
 __all__ = [
     "HPARAM_NAMES",
@@ -36,6 +44,8 @@ __all__ = [
     "create_loss",
     "create_sharing",
     "drw_weights",
+    "expand_basis",
+    "fit_basis",
     "frequency_dictionary",
     "frequency_groups",
     "la_bias",

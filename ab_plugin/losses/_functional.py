@@ -125,15 +125,10 @@ def logit(p: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
 __all__ = [
     "adjusted_logits",
     "cdt_scale",
     "drw_weights",
-    "inverse_softplus",
     "la_bias",
     "ldam_margins",
     "log_prior",

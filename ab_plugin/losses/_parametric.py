@@ -20,7 +20,7 @@ from ._functional import (
     logit,
     parametric_cross_entropy,
 )
-from ._sharing import Sharing, per_class
+from ._sharing import Sharing, expand_basis, per_class
 
 #: per-class hyperparameters (what a policy file stores), each ``[C]``
 PER_CLASS_NAMES = ("class_weight", "logit_bias", "logit_scale")
@@ -136,7 +136,7 @@ class ParametricCrossEntropy(nn.Module):
         return torch.sigmoid(self._expand(self.logit_scale_raw))
 
     def _expand(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw.clone() if self.basis is None else self.basis @ raw
+        return expand_basis(self.basis, raw)  # the basis buffer lives on the loss's device
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         for name in PER_CLASS_NAMES:

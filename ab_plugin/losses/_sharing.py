@@ -7,11 +7,52 @@ tuned with a handful of numbers (the paper's ``l = D_π l'``, ``Δ' = D_π δ'``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
 from ._functional import Counts, _as_counts
+
+Link = Callable[[torch.Tensor], torch.Tensor]
+
+
+def expand_basis(basis: torch.Tensor | None, raw: torch.Tensor) -> torch.Tensor:
+    """``D @ raw``: raw ``[k]`` or ``[k, n]`` -> per-class ``[C]`` or ``[C, n]``; ``basis=None`` is the identity."""
+    return raw.clone() if basis is None else basis.to(raw.dtype) @ raw
+
+
+def fit_basis(basis: torch.Tensor | None, values: torch.Tensor, link: Link | None = None,
+        inverse: Link | None = None) -> torch.Tensor:
+    """Raw ``[k]`` (or ``[k, n]``) whose expansion is closest (least squares) to per-class ``values``
+    ``[C]`` (or ``[C, n]``); ``basis=None`` is the identity (exact).
+
+    With ``inverse`` (e.g. ``logit``) the fit is made in the inverse's space; adding its ``link`` (e.g.
+    ``sigmoid``) refines it in value space, where values near the link's saturation (CDT's Δ = 1 for the
+    head class) no longer dominate the fit.
+    """
+    target = inverse(values) if inverse is not None else values
+    if basis is None:
+        return target.clone()
+    if values.numel() == 0:
+        return torch.zeros((basis.shape[1], *values.shape[1:]), dtype=values.dtype, device=values.device)
+    rhs = target.double().reshape(basis.shape[0], -1).cpu()
+    sol = torch.linalg.lstsq(basis.double().cpu(), rhs, driver="gelsd").solution
+    raw = sol.reshape((basis.shape[1], *values.shape[1:])).to(dtype=values.dtype, device=values.device)
+    if link is None:
+        return raw
+    raw.requires_grad_(True)
+    opt = torch.optim.LBFGS([raw], max_iter=100, line_search_fn="strong_wolfe")
+    d = basis.to(raw)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        err = ((link(d @ raw) - values) ** 2).sum()
+        err.backward()
+        return err
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return raw.detach()
 
 
 class Sharing:
@@ -39,42 +80,14 @@ class Sharing:
 
     def expand(self, raw: torch.Tensor) -> torch.Tensor:
         """``[k]`` raw values -> ``[C]`` per-class values."""
-        return raw.clone() if self.is_identity else self.basis.to(raw) @ raw
+        return expand_basis(None if self.is_identity else self.basis, raw)
 
-    def fit(
-        self,
-        values: torch.Tensor,
-        link: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Raw ``[k]`` whose expansion is closest (least squares) to per-class ``values`` ``[C]``.
-
-        With ``link`` (e.g. ``sigmoid``) and its ``inverse``, closest to ``values`` after the link: the
-        least-squares start in the inverse's space is refined in value space, where values near the
-        link's saturation (CDT's Δ = 1 for the head class) no longer dominate the fit.
-        """
+    def fit(self, values: torch.Tensor, link: Link | None = None, inverse: Link | None = None) -> torch.Tensor:
+        """Raw ``[k]`` closest to per-class ``values`` ``[C]`` (see :func:`fit_basis`)."""
         values = torch.as_tensor(values).reshape(-1).float()
         if values.numel() != self.num_classes:
             raise ValueError(f"got {values.numel()} values for a sharing basis of {self.num_classes} classes")
-        target = inverse(values) if inverse is not None else values
-        if self.is_identity:
-            return target.clone()
-        sol = torch.linalg.lstsq(self.basis.double(), target.double().reshape(-1, 1), driver="gelsd").solution
-        raw = sol.reshape(-1).float()
-        if link is None:
-            return raw
-        raw.requires_grad_(True)
-        opt = torch.optim.LBFGS([raw], max_iter=100, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            err = ((link(self.basis @ raw) - values) ** 2).sum()
-            err.backward()
-            return err
-
-        with torch.enable_grad():
-            opt.step(closure)
-        return raw.detach()
+        return fit_basis(None if self.is_identity else self.basis, values, link, inverse)
 
     def __repr__(self) -> str:
         return f"Sharing(kind={self.kind!r}, classes={self.num_classes}, size={self.size})"
@@ -82,7 +95,7 @@ class Sharing:
 
 class _PerClass(Sharing):
     """The identity basis, built only when ``basis`` is read: at 8142 classes the dense matrix is
-    265 MB and a least-squares fit through it took minutes."""
+    265 MB, and expanding or fitting through it would cost a C x C product."""
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 1:
@@ -167,6 +180,3 @@ def create_sharing(spec: str, counts: Counts) -> Sharing:
         return frequency_dictionary(counts, k, name)
     raise ValueError(f"unknown sharing {spec!r}: use per_class, groups:K, poly:K or hat:K")
 
-
-def sharing_names() -> Sequence[str]:
-    return ("per_class", "groups:K", "poly:K", "hat:K")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._registry import Registry
+
 Objective = Callable[..., torch.Tensor]
 
 
@@ -101,25 +103,21 @@ def blend(accuracy_weight: float = 0.5, fairness: Objective = worst_class_ce) ->
     return objective
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "balanced": balanced_ce,
-    "worst-class": worst_class_ce,
-    "cvar": cvar_class_ce,
-    "worst-group": worst_group_ce,
-    "eo-gap": equal_opportunity_gap,
-    "blend": blend(),
-}
+OBJECTIVES: Registry[Objective] = Registry("objective")
+for _name, _objective in (("balanced", balanced_ce), ("worst-class", worst_class_ce), ("cvar", cvar_class_ce),
+                          ("worst-group", worst_group_ce), ("eo-gap", equal_opportunity_gap), ("blend", blend())):
+    OBJECTIVES.register(_name, _objective)
+#: objectives that need group labels
 GROUP_OBJECTIVES = {"worst-group", "eo-gap"}
 
 
 def create_objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}: choose from {list(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    """The objective registered as ``name`` (:func:`list_objectives`)."""
+    return OBJECTIVES.get(name)
 
 
 def list_objectives() -> list[str]:
-    return list(OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 @dataclass

@@ -140,8 +140,8 @@ def s4(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def s3(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """Batched per-class policy vs the PIL / DataLoader pipeline (``ab_plugin.policies.bench_throughput``)."""
-    from ab_plugin.policies.bench_throughput import main as bench
+    """Batched per-class policy vs the PIL / DataLoader pipeline (``benchmarks/augment_throughput.py``)."""
+    from augment_throughput import main as bench
 
     return [bench(["--quick"] if a.quick else ["--n", "8192", "--repeats", "2"])]
 

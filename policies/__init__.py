@@ -26,7 +26,7 @@ from ._file import (
     save_policy,
 )
 from ._ops import APPLY_ORDER, OPS, OpSpec
-from ._policy import DEFAULT_OPS, POLICY_KINDS, ClassPolicy, create_policy
+from ._policy import DEFAULT_OPS, POLICIES, POLICY_KINDS, ClassPolicy, create_policy, list_policies
 from ._transforms import PerClassTransform, PerClassTransformV2
 from ._zoo import ZOO_ENV, list_zoo, zoo_dir
 
@@ -36,6 +36,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LOSS_KEYS",
     "OPS",
+    "POLICIES",
     "POLICY_KINDS",
     "ZOO_ENV",
     "ClassPolicy",
@@ -46,6 +47,7 @@ __all__ = [
     "PolicyFileError",
     "check_num_classes",
     "create_policy",
+    "list_policies",
     "list_zoo",
     "load_policy",
     "make_provenance",

@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ab_plugin._registry import Registry
 from ab_plugin.losses import expand_basis, fit_basis
 
 from . import _ops
 from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
 
-__all__ = ["ClassPolicy", "create_policy", "DEFAULT_OPS", "POLICY_KINDS", "LOGIT_LIMIT"]
+__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LOGIT_LIMIT"]
 
 DEFAULT_OPS: tuple[str, ...] = (
     "translate",
@@ -28,7 +29,6 @@ DEFAULT_OPS: tuple[str, ...] = (
 )
 """Default learned ops. ``flip`` is left out because ``crop_flip`` already flips with probability 0.5."""
 
-POLICY_KINDS: tuple[str, ...] = ("learned", "fixed", "none")
 
 LOGIT_LIMIT: float = 120.0
 """Raw logits are clamped to ``±LOGIT_LIMIT`` when loaded; ``sigmoid(±120)`` is exactly 1 / 0 in float32."""
@@ -408,6 +408,31 @@ class ClassPolicy(nn.Module):
         )
 
 
+POLICIES: Registry[ClassPolicy | None] = Registry("policy kind")
+
+
+@POLICIES.register("learned")
+def _learned(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy:
+    kw.setdefault("learnable", True)
+    return ClassPolicy(num_classes, basis=basis, **kw)
+
+
+@POLICIES.register("fixed")
+def _fixed(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy:
+    extra = sorted(set(kw) - {"padding"})
+    if extra or basis is not None:
+        raise ValueError(f"policy kind 'fixed' takes no options besides padding, got {extra or ['basis']}")
+    return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
+
+
+@POLICIES.register("none")
+def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
+    return None
+
+
+POLICY_KINDS: tuple[str, ...] = tuple(POLICIES.names())
+
+
 def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy | None:
     """Create an augmentation policy by kind.
 
@@ -424,14 +449,8 @@ def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, *
     Raises:
         ValueError: unknown kind (the message lists the choices) or options that do not apply.
     """
-    if kind == "learned":
-        kw.setdefault("learnable", True)
-        return ClassPolicy(num_classes, basis=basis, **kw)
-    if kind == "fixed":
-        extra = sorted(set(kw) - {"padding"})
-        if extra or basis is not None:
-            raise ValueError(f"policy kind 'fixed' takes no options besides padding, got {extra or ['basis']}")
-        return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
-    if kind == "none":
-        return None
-    raise ValueError(f"unknown policy kind {kind!r}; choose one of {', '.join(repr(k) for k in POLICY_KINDS)}")
+    return POLICIES.create(kind, num_classes, basis=basis, **kw)
+
+
+def list_policies() -> list[str]:
+    return POLICIES.names()

@@ -145,7 +145,7 @@ class ParametricCrossEntropy(nn.Module):
                 raise ValueError(
                     f"saved α has {saved.numel()} raw values per hyperparameter but this loss's sharing "
                     f"({self.sharing.kind}) has {self.sharing.size}: build the loss or criterion with the sharing it "
-                    "was saved with (sharing='per_class' was the default before the frequency dictionary)"
+                    "was saved with (sharing='per_class' for one raw value per class)"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args)
 

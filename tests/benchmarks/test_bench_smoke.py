@@ -42,10 +42,15 @@ def test_protocol_s4_quick():
     assert {r["hparams"] for r in rows if r["classes"] == 50} == {100, 6}
 
 
-def test_policy_throughput_quick():
-    res = subprocess.run([sys.executable, "-m", "ab_plugin.policies.bench_throughput", "--quick"],
+def test_augment_throughput_quick():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "augment_throughput.py"), "--quick"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["protocol"] == "S3" and result["workers"] == 2
+    assert result["policy_images_per_s"] > 0 and result["pil_dataloader_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["policy_images_per_s"] / result["pil_dataloader_images_per_s"],
+                                            rel=1e-2)
 
 
 @needs_zip

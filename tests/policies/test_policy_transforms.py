@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import PIL.Image
@@ -138,19 +137,6 @@ def test_policy_table_and_heatmap(tmp_path: Path) -> None:
     pf.augmentation = None
     plot_policy_heatmap(pf, out)
     assert out.stat().st_size > 0
-
-
-def test_throughput_script_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    from ab_plugin.policies.bench_throughput import main
-
-    result = main(["--quick"])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(line) == result
-    assert result["protocol"] == "S3" and result["workers"] == 2
-    assert result["policy_images_per_s"] > 0 and result["pil_dataloader_images_per_s"] > 0
-    assert result["ratio"] == pytest.approx(
-        result["policy_images_per_s"] / result["pil_dataloader_images_per_s"], rel=1e-2
-    )
 
 
 @pytest.mark.gpu

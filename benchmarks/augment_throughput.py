@@ -12,7 +12,7 @@ processes) and with ``--threads`` (default: torch's default; ``policy_nthreads_i
 ``ratio_nthreads``); intra-op threads degrade badly when other processes load the cores, so the 1-minute
 load average is reported too.
 
-Run: ``python -m ab_plugin.policies.bench_throughput [--n 4096] [--quick]``; prints one JSON line.
+Run: ``python benchmarks/augment_throughput.py [--n 4096] [--quick]``; prints one JSON line.
 """
 
 from __future__ import annotations

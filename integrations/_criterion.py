@@ -21,7 +21,7 @@ import contextlib
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +42,9 @@ from ab_plugin.models import split_model
 from ab_plugin.objectives import create_objective
 from ab_plugin.upper import UpperLevel, UpperOptimizer
 
-__all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
+from ._val_stream import Batch, ValSource, ValStream, as_source
 
-Batch = tuple[Tensor, ...]
-#: Validation data: a re-iterable of ``(x, y)`` / ``(x, y, groups)`` batches (a ``DataLoader``, a list), or a
-#: zero-argument callable returning such an iterable. ``x`` must be what ``model(x)`` takes (already
-#: normalised / preprocessed); batches are moved to the model's device.
-ValSource = Iterable[Sequence[Tensor]] | Callable[[], Iterable[Sequence[Tensor]]]
+__all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
 
 _STATE_FORMAT = 2
 _DEFAULTS = Config()  # one set of defaults for the CLI's search and for the criterion
@@ -71,22 +67,6 @@ def _device_of(model: nn.Module) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
-
-
-def _to_device(batch: Sequence[Any], device: torch.device) -> Batch:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ValueError(
-            "validation batches must be (x, y) or (x, y, groups) tuples of tensors, "
-            f"got {type(batch).__name__}"
-        )
-    out = tuple(t.to(device, non_blocking=True) if isinstance(t, Tensor) else torch.as_tensor(t, device=device)
-                for t in batch[:3])
-    if out[1].ndim != 1 or out[1].is_floating_point():
-        raise ValueError(
-            f"validation targets must be int class labels [B], got {out[1].dtype} {tuple(out[1].shape)}: "
-            "the validation objective needs hard labels (no mixup on the validation loader)"
-        )
-    return out
 
 
 def _make_hook(owner: AutoBalanceCriterion, module: nn.Module, *, capture: bool, trigger: bool) -> Callable[..., None]:
@@ -121,7 +101,6 @@ class _Attachment:
     model: nn.Module
     features: Callable[[Tensor], Tensor]
     classifier: nn.Module
-    val: Callable[[], Iterable[Sequence[Tensor]]]
     optimizer: torch.optim.Optimizer | None
     handles: list[Any] = field(default_factory=list)
 
@@ -228,6 +207,7 @@ class AutoBalanceCriterion(nn.Module):
         super().__init__()
         if interval < 1 or hyper_batches < 1 or val_every < 1 or (val_batches is not None and val_batches < 1):
             raise ValueError("interval, hyper_batches, val_batches and val_every must be >= 1")
+        self._val = ValStream(val_batches)
         if start_step < 0 or clip < 0:
             raise ValueError("start_step and clip must be >= 0")
         counts = torch.as_tensor(class_counts).long()
@@ -241,7 +221,7 @@ class AutoBalanceCriterion(nn.Module):
         self.engine = create_engine(engine, **(engine_options or {})) if isinstance(engine, str) else engine
         self.objective = create_objective(objective) if isinstance(objective, str) else objective
         self.interval, self.start_step = int(interval), int(start_step)
-        self.hyper_batches, self.val_batches, self.val_every = int(hyper_batches), val_batches, int(val_every)
+        self.hyper_batches, self.val_every = int(hyper_batches), int(val_every)
         self.weight_decay = float(weight_decay)
         self.auto_step, self.save_buffer, self.upper_decay = bool(auto_step), bool(save_buffer), bool(upper_decay)
         for h in self.loss.hparameters():
@@ -257,9 +237,6 @@ class AutoBalanceCriterion(nn.Module):
         self._pending: Tensor | None = None
         self._due = False
         self._capturing = True
-        self._val_iter: Iterator[Sequence[Tensor]] | None = None
-        self._val_pos = 0
-        self._val_skip = 0
         self._val_cache: list[Batch] = []
         self._val_age = 0
 
@@ -309,19 +286,15 @@ class AutoBalanceCriterion(nn.Module):
         features, classifier = split_model(net)
         if isinstance(self.engine, UnrolledEngine) and optimizer is None:
             raise ValueError("the unrolled engine needs the training optimizer: attach(model, val, optimizer=opt)")
-        if callable(val_loader) and not hasattr(val_loader, "__iter__"):
-            source: Callable[[], Iterable[Sequence[Tensor]]] = val_loader  # type: ignore[assignment]
-        elif hasattr(val_loader, "__iter__"):
-            source = lambda: val_loader  # noqa: E731
-        else:
-            raise TypeError(f"val_loader must be an iterable of batches or a callable, got {type(val_loader).__name__}")
+        source = as_source(val_loader)
         handles = [net.register_forward_pre_hook(_make_hook(self, net, capture=not self.uses_features, trigger=True))]
         if self.uses_features:
             handles.append(classifier.register_forward_pre_hook(_make_hook(self, classifier, capture=True,
                                                                            trigger=False)))
-        self._attached = _Attachment(net, features, classifier, source, optimizer, handles)
+        self._attached = _Attachment(net, features, classifier, optimizer, handles)
         self.to(_device_of(net))
-        self._val_iter, self._val_cache, self._val_pos = None, [], self._val_skip  # a fresh pass unless resumed
+        self._val.bind(source)
+        self._val_cache = []
         return self
 
     def detach(self) -> None:
@@ -330,7 +303,7 @@ class AutoBalanceCriterion(nn.Module):
             for h in self._attached.handles:
                 h.remove()
         self._attached = None
-        self._val_iter = None
+        self._val.unbind()
         self._pending = None
 
     # --------------------------------------------------------------------------------------- the loss
@@ -402,42 +375,6 @@ class AutoBalanceCriterion(nn.Module):
             for h in hparams:
                 h.requires_grad_(False)
 
-    def _next_val_batches(self, device: torch.device) -> list[Batch]:
-        """The next ``val_batches`` batches (one whole pass when ``None``), cycling through the loader but
-        never taking a batch twice in one call."""
-        assert self._attached is not None
-        if self.val_batches is None:
-            out = [_to_device(b, device) for b in self._attached.val()]
-        else:
-            out = []
-            continuing = self._val_iter is not None or self._val_skip > 0
-            start = self._val_pos if continuing else 0  # where this call began in the current pass
-            restarted = False
-            while len(out) < self.val_batches:
-                if self._val_iter is None:
-                    if restarted:
-                        break  # a whole pass was taken in this call
-                    self._val_iter = iter(self._attached.val())
-                    if self._val_skip:  # resumed: continue where the saved run was
-                        for _ in range(self._val_skip):
-                            next(self._val_iter, None)
-                        self._val_skip = 0
-                    else:
-                        restarted = True
-                elif restarted and start and self._val_pos >= start:
-                    break  # wrapped around to where this call began
-                batch = next(self._val_iter, None)
-                if batch is None:
-                    self._val_iter, self._val_pos = None, 0
-                    if not restarted and not start:
-                        break
-                    continue
-                self._val_pos += 1
-                out.append(_to_device(batch, device))
-        if not out:
-            raise ValueError("the validation loader yielded no batches")
-        return out
-
     @torch.no_grad()
     def _val_features(self, device: torch.device) -> list[Batch]:
         assert self._attached is not None
@@ -447,7 +384,7 @@ class AutoBalanceCriterion(nn.Module):
         att = self._attached
         att.model.eval()
         feats = []
-        for x, y, *g in self._next_val_batches(device):
+        for x, y, *g in self._val.next(device):
             f = att.features(x).float()
             feats.append((f, y, *g))
         self._val_cache, self._val_age = feats, 1
@@ -472,7 +409,7 @@ class AutoBalanceCriterion(nn.Module):
             return (fmodel or model)(x).float()
 
         return ModelProblem(
-            model, self.loss, self.objective, list(hparams), train, self._next_val_batches(device),
+            model, self.loss, self.objective, list(hparams), train, self._val.next(device),
             train_forward=lambda x, y, fmodel=None: forward(x, fmodel=fmodel),
             val_forward=lambda x, fmodel=None: forward(x, fmodel=fmodel),
             weight_decay=self.weight_decay, optimizer=att.optimizer,
@@ -567,7 +504,7 @@ class AutoBalanceCriterion(nn.Module):
             "upper": self.upper.state_dict(),
             "steps": self.steps,
             "peak_lr": self._peak_lr,
-            "val_position": self._val_pos,
+            "val_position": self._val.position,
             "due": self._due,
             "train_buffer": [(x.detach().clone(), t.detach().clone()) for x, t in self._buffer]
             if self.save_buffer else [],
@@ -580,8 +517,8 @@ class AutoBalanceCriterion(nn.Module):
         self.steps = int(state["steps"])
         self._peak_lr = state.get("peak_lr")
         self._due = bool(state.get("due", False))
-        self._val_skip, self._val_pos = int(state.get("val_position", 0)), int(state.get("val_position", 0))
-        self._val_iter, self._val_cache, self._pending = None, [], None
+        self._val.restore(state.get("val_position", 0))
+        self._val_cache, self._pending = [], None
         self._buffer.clear()
         self._buffer.extend((x, t) for x, t in state.get("train_buffer", []))
 

@@ -196,7 +196,7 @@ def test_clear_errors():
     with pytest.raises(RuntimeError, match="no training batches"):
         crit.hyper_step()
     with pytest.raises(ValueError, match="hard labels"):
-        AutoBalanceCriterion(COUNTS, val_batches=1).attach(Tiny(), [(XV, torch.rand(len(XV), C))])._next_val_batches(
+        AutoBalanceCriterion(COUNTS, val_batches=1).attach(Tiny(), [(XV, torch.rand(len(XV), C))])._val.next(
             torch.device("cpu"))
     with pytest.raises(ValueError, match="unrolled engine needs the training optimizer"):
         AutoBalanceCriterion(COUNTS, engine="unrolled").attach(Tiny(), VAL)
@@ -232,7 +232,7 @@ def test_validation_batches_cycle_without_repeats_and_resume_in_place():
     tagged = [(torch.full((2, 3, 8, 8), float(i)), torch.tensor([i % C, 0])) for i in range(5)]
 
     def take(crit):
-        return [int(x[0, 0, 0, 0]) for x, *_ in crit._next_val_batches(torch.device("cpu"))]
+        return [int(x[0, 0, 0, 0]) for x, *_ in crit._val.next(torch.device("cpu"))]
 
     crit = AutoBalanceCriterion(COUNTS, val_batches=2).attach(Tiny(), tagged)
     assert [take(crit), take(crit), take(crit)] == [[0, 1], [2, 3], [4, 0]]
@@ -242,5 +242,5 @@ def test_validation_batches_cycle_without_repeats_and_resume_in_place():
     assert take(resumed) == take(crit) == [1, 2]
     short = AutoBalanceCriterion(COUNTS, val_batches=4).attach(Tiny(), tagged[:3])
     assert take(short) == [0, 1, 2]  # never the same batch twice in one hyper-step
-    assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged)._next_val_batches(
+    assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged)._val.next(
         torch.device("cpu")).__len__() == 5

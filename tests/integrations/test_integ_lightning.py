@@ -107,7 +107,7 @@ def test_checkpoint_resume_continues_with_the_same_alpha(tmp_path):
     ckpt = tmp_path / "epoch1.ckpt"
     t1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=False)["callbacks"]["AutoBalanceCallback"]
-    assert saved["criterion"]["_extra_state"]["hyper_steps"] == first_cb.criterion.hyper_steps == 1
+    assert saved["criterion"]["_extra_state"]["upper"]["steps"] == first_cb.criterion.hyper_steps == 1
 
     resumed_cb = ab_callback(val_loader=val_dl)  # fresh callback and module (other init)
     probe = AlphaAtStart(resumed_cb)

@@ -50,7 +50,8 @@ class Registry(Generic[T]):
         try:
             return self._factories[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}: choose from {', '.join(self._factories)}") from None
+            valid = ", ".join(map(repr, self._factories))
+            raise ValueError(f"unknown {self.kind} {name!r}: choose from {valid}") from None
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         return self.get(name)(*args, **kwargs)

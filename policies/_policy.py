@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -323,15 +323,7 @@ class ClassPolicy(nn.Module):
             ``[B, 3, H, W]`` augmented images, differentiable w.r.t. ``x``, ``probability_logit`` and
             ``magnitude_logit``.
         """
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"x must be a float [B, C, H, W] batch, got {x.dtype} {tuple(x.shape)}")
-        y = torch.as_tensor(y, device=x.device)
-        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-            raise ValueError(f"y must be integer labels [B={x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
-        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(y.min())}..{int(y.max())}")
-        if x.shape[1] != 3 and any(OPS[op].kind == "color" for op in self.ops):
-            raise ValueError(f"colour ops need RGB images [B, 3, H, W], got {x.shape[1]} channels")
+        y = self._checked_labels(x, y)
         if params is None:
             params = self.sample_params(x, y)
 
@@ -361,32 +353,7 @@ class ClassPolicy(nn.Module):
         def signed(op: str) -> Tensor:
             return sign[:, self._op_index[op]] * m(op) * OPS[op].max_value
 
-        geo = [op for op in GEOMETRIC_OPS if op in self._op_index]
-        if geo:
-            mat = torch.eye(3, dtype=dtype, device=x.device).expand(b, 3, 3)
-            for op in geo:
-                if op == "scale":
-                    a = _ops.scale_matrix(1.0 + signed(op))
-                elif op == "shear":
-                    k = signed(op)
-                    axis = params["shear_axis"]
-                    a = _ops.shear_matrix(torch.where(axis, k, 0.0), torch.where(axis, 0.0, k))
-                elif op == "rotate":
-                    a = _ops.rotate_matrix(_ops.deg2rad(signed(op)))
-                elif op == "translate":
-                    size = torch.tensor([float(w), float(h)], dtype=dtype, device=x.device)
-                    shift = params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
-                    a = _ops.translate_matrix(shift)
-                else:  # flip
-                    a = _ops.flip_matrix(b, out)
-                mat = _ops.matmul3(_ops.blend_matrix(a, g(op)), mat)
-            warped = _ops.warp_affine(out, mat)
-            applied = (gate[:, [self._op_index[op] for op in geo]] > 0.5).any(dim=1)
-            # rows without a geometric op keep their pixels exactly; the identity warp still carries the
-            # straight-through gradient to the gates
-            keep = out.detach() + (warped - warped.detach()) if torch.is_grad_enabled() else out
-            out = torch.where(applied[:, None, None, None], warped, keep)
-
+        out = self._warp(out, gate, m, signed, params)
         for op in COLOR_OPS:
             if op in self._op_index:
                 new = _COLOR_FNS[op](out, 1.0 + signed(op))
@@ -400,6 +367,49 @@ class ClassPolicy(nn.Module):
             new = _ops.soft_cutout(out, center, side)
             out = torch.lerp(out, new, g("cutout")[:, None, None, None])
         return out
+
+    def _checked_labels(self, x: Tensor, y: Tensor) -> Tensor:
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"x must be a float [B, C, H, W] batch, got {x.dtype} {tuple(x.shape)}")
+        y = torch.as_tensor(y, device=x.device)
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+            raise ValueError(f"y must be integer labels [B={x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(y.min())}..{int(y.max())}")
+        if x.shape[1] != 3 and any(OPS[op].kind == "color" for op in self.ops):
+            raise ValueError(f"colour ops need RGB images [B, 3, H, W], got {x.shape[1]} channels")
+        return y
+
+    def _warp(self, out: Tensor, gate: Tensor, m: Callable[[str], Tensor], signed: Callable[[str], Tensor],
+              params: dict[str, Tensor]) -> Tensor:
+        """The gated geometric ops of every sample composed into one affine warp."""
+        geo = [op for op in GEOMETRIC_OPS if op in self._op_index]
+        if not geo:
+            return out
+        dtype, (b, _, h, w) = out.dtype, out.shape
+        mat = torch.eye(3, dtype=dtype, device=out.device).expand(b, 3, 3)
+        for op in geo:
+            if op == "scale":
+                a = _ops.scale_matrix(1.0 + signed(op))
+            elif op == "shear":
+                k = signed(op)
+                axis = params["shear_axis"]
+                a = _ops.shear_matrix(torch.where(axis, k, 0.0), torch.where(axis, 0.0, k))
+            elif op == "rotate":
+                a = _ops.rotate_matrix(_ops.deg2rad(signed(op)))
+            elif op == "translate":
+                size = torch.tensor([float(w), float(h)], dtype=dtype, device=out.device)
+                shift = params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
+                a = _ops.translate_matrix(shift)
+            else:  # flip
+                a = _ops.flip_matrix(b, out)
+            mat = _ops.matmul3(_ops.blend_matrix(a, gate[:, self._op_index[op]]), mat)
+        warped = _ops.warp_affine(out, mat)
+        applied = (gate[:, [self._op_index[op] for op in geo]] > 0.5).any(dim=1)
+        # rows without a geometric op keep their pixels exactly; the identity warp still carries the
+        # straight-through gradient to the gates
+        keep = out.detach() + (warped - warped.detach()) if torch.is_grad_enabled() else out
+        return torch.where(applied[:, None, None, None], warped, keep)
 
     def extra_repr(self) -> str:
         return (

@@ -19,7 +19,7 @@ def test_register_create_and_list_in_order():
 def test_unknown_and_duplicate_names_are_one_line_errors():
     reg = Registry("engine")
     reg.register("head", dict)
-    with pytest.raises(ValueError, match=r"unknown engine 'x': choose from head$"):
+    with pytest.raises(ValueError, match=r"unknown engine 'x': choose from 'head'$"):
         reg.get("x")
     with pytest.raises(ValueError, match="already registered"):
         reg.register("head", dict)

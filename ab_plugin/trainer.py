@@ -206,6 +206,8 @@ class Trainer:
             self.load(self.run_dir / CHECKPOINT)
             # epochs logged after the checkpoint (a kill between the two writes) are redone
             write_jsonl(self.run_dir / METRICS, self.state.history)
+            if self.upper is not None and self.state.epoch > 0:
+                self._validation_pass()  # the same features the uninterrupted run holds at this point
         self.model.train()
         while self.state.epoch < self.cfg.epochs:
             self._epoch()
@@ -222,11 +224,6 @@ class Trainer:
         self.loss.set_progress(epoch / cfg.epochs)
         upper_active = self.upper_level is not None and epoch >= self.upper_start_epoch
         record: dict[str, Any] = {"epoch": epoch + 1}
-        if self.upper is not None:
-            # one pass over the validation split per epoch: it gives the epoch's validation metrics
-            # and the head engine's validation features
-            val_metrics = self._validation_pass(keep_features=upper_active)
-            record["val"] = val_metrics.to_dict()
         total, count = 0.0, 0
         for x, y, _ in self.loader:
             loss_value = self._lower_step(x, y)
@@ -237,6 +234,10 @@ class Trainer:
                 self._hyper_step()
             for cb in self.callbacks:
                 getattr(cb, "on_step_end", lambda *a: None)(self, st.step, loss_value)
+        if self.upper is not None:
+            # one pass over the validation split per epoch, after its training: the epoch's validation metrics
+            # (what a pruner reads) and the head engine's features for the next hyper-steps
+            record["val"] = self._validation_pass().to_dict()
         record.update({
             "train_loss": total / max(1, count),
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -278,12 +279,12 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _validation_pass(self, keep_features: bool) -> Metrics:
+    def _validation_pass(self) -> Metrics:
         val = self.upper.val
         logits, feats = self.predict(val)
         y = val.targets.to(self.device)
         g = val.groups.to(self.device) if val.groups is not None else None
-        self._val_features = [(feats, y, g) if g is not None else (feats, y)] if keep_features else []
+        self._val_features = [(feats, y, g) if g is not None else (feats, y)]
         self._val_features_step = self.state.step
         return compute_metrics(logits, y, val.num_classes, g)
 
@@ -301,7 +302,7 @@ class Trainer:
     def _fresh_val_features(self) -> list[tuple[torch.Tensor, ...]]:
         """Validation features no older than the buffered training features (``hyper_batches`` steps),
         so the classifier the head engine solves for sees both sides with about the same backbone."""
-        if self.state.step - self._val_features_step > self.cfg.hyper_batches:
+        if not self._val_features or self.state.step - self._val_features_step > self.cfg.hyper_batches:
             was = self.model.training
             self.model.eval()
             feats = []

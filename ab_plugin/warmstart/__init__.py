@@ -31,8 +31,9 @@ Files in ``--out``: ``config.yaml`` (the base configuration), ``study.db`` or ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._names import STUDY_DB, STUDY_JOURNAL, SUMMARY
-from .command import warmstart_command
 from .pruning import TrialPruningCallback, create_pruner
 from .refine import load_warmstart_study, warmstart_config
 from .space import INIT_FAMILIES, SearchSpace, create_sampler, default_trial_epochs, params_to_config
@@ -40,6 +41,9 @@ from .storage import StorageSpec, open_storage, resolve_storage
 from .study import WarmstartResult, run_warmstart
 from .summary import best_trial, summarize_study, write_study_plots
 from .workers import fail_dead_trials
+
+if TYPE_CHECKING:
+    from .command import warmstart_command
 
 __all__ = [
     "INIT_FAMILIES",
@@ -65,3 +69,12 @@ __all__ = [
     "warmstart_config",
     "write_study_plots",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the click command (and rich) load on first use: the trainer hook and the study API do not need them
+    if name != "warmstart_command":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .command import warmstart_command
+
+    return warmstart_command

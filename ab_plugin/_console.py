@@ -19,8 +19,26 @@ from .config import Config
 
 console = Console(stderr=True)
 
-def command_options(fn: Callable) -> Callable:
-    """--format, --debug and one-line errors for every command."""
+#: What a Ctrl-C leaves behind, for the commands that train a run folder.
+_STOPPED = "the last finished epoch is saved; continue with --resume"
+#: Errors shown as one line by default (bad input, missing files, I/O); anything else is a bug: traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    return isinstance(e, USER_ERRORS)
+
+
+def command_options(fn: Callable | None = None, *, stopped: str = _STOPPED,
+                    user_error: Callable[[BaseException], bool] = _is_user_error) -> Callable:
+    """--format, --debug and one-line errors for every command.
+
+    ``@command_options`` as it is, or ``@command_options(stopped=..., user_error=...)`` for a command whose
+    Ctrl-C leaves something else behind (``stopped``: the message after "stopped: ") or whose one-line errors
+    are a different set (``user_error(e)``: show ``e`` as one line; default: :data:`USER_ERRORS`).
+    """
+    if fn is None:
+        return functools.partial(command_options, stopped=stopped, user_error=user_error)
 
     @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                   help="table: rich output; json: one JSON document on stdout for scripts")
@@ -30,10 +48,10 @@ def command_options(fn: Callable) -> Callable:
         try:
             return fn(*args, fmt=fmt, **kwargs)
         except KeyboardInterrupt:
-            console.print("[yellow]stopped[/]: the last finished epoch is saved; continue with --resume")
+            console.print(f"[yellow]stopped[/]: {stopped}")
             sys.exit(130)
-        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-            if debug:
+        except Exception as e:
+            if debug or not user_error(e):
                 raise
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             click.echo(f"error: {msg}", err=True)
@@ -66,8 +84,11 @@ class RichProgress:
         self.progress.update(self.task, info=info)
 
 
-def make_progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+def make_progress(enabled: bool, *, counts: bool = False) -> Progress:
+    """One bar per task with elapsed time, ETA and the task's ``info`` field; ``counts``: show
+    ``completed/total`` (e.g. trials) instead of a percentage."""
+    amount = TextColumn("{task.completed}/{task.total}") if counts else TextColumn("{task.percentage:>3.0f}%")
+    return Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), amount,
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                     console=console, disable=not enabled, transient=False)
 

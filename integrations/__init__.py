@@ -29,8 +29,9 @@ from ._eval import evaluate_metrics, predict_logits
 from ._imports import install_hint, try_import
 
 if TYPE_CHECKING:
+    from ab_plugin.warmstart import TrialPruningCallback
+
     from ._lightning import AutoBalanceCallback
-    from ._optuna import TrialPruningCallback
     from ._timm import AutoBalanceTimmCallback, TimmRun, train_timm
     from ._torchvision import PerClassCollate, SampleTransformDataset, evaluate, train_one_epoch
 
@@ -43,7 +44,7 @@ _LAZY = {
     "evaluate": "._torchvision",
     "train_one_epoch": "._torchvision",
     "AutoBalanceCallback": "._lightning",
-    "TrialPruningCallback": "._optuna",
+    "TrialPruningCallback": "ab_plugin.warmstart",
 }
 
 __all__ = [

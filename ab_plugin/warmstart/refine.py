@@ -1,0 +1,91 @@
+"""From a study to the gradient search: ``ab-plugin search --warmstart STUDY|N`` starts from the best trial."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config
+from ._names import STUDY_DB, STUDY_JOURNAL, SUMMARY
+from ._optuna import import_optuna
+from .space import params_to_config
+from .storage import StorageSpec, open_storage, resolve_storage, study_names
+from .study import run_warmstart
+from .summary import best_trial
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from ..data import DatasetBundle
+
+
+def warmstart_config(base: Config, spec: str, *, storage: str | None, out: Path,
+                     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+                     bundle: DatasetBundle | None = None) -> Config:
+    """``base`` updated with the best warm-start trial's settings (``init``, ``tau``/``gamma``, ``upper_lr``,
+    ``val_fraction``), for ``ab-plugin search --warmstart SPEC``.
+
+    ``spec``: an integer N runs (or resumes) an N-trial study in ``out/warmstart`` first, with the proxy
+    length :func:`~.space.default_trial_epochs` of ``base.epochs``; a warmstart run folder (holding
+    ``study.db`` or ``study.journal``); or a study name in ``storage`` (a database URL).
+    """
+    s = str(spec).strip()
+    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
+        n = int(s)
+        if n < 1:
+            raise ValueError(f"--warmstart N needs N >= 1 trials, got {n}")
+        result = run_warmstart(base, Path(out) / "warmstart", n_trials=n, storage=storage,
+                               study_name=f"{Path(out).resolve().name}-warmstart", callbacks=callbacks, bundle=bundle)
+        study = result.study
+    else:
+        study = load_warmstart_study(s, storage=storage)
+    return params_to_config(base, best_trial(study).params)
+
+
+def load_warmstart_study(spec: str | Path, *, storage: str | None = None, study_name: str | None = None
+                         ) -> optuna.Study:
+    """Load a study from a warmstart run folder (``study.db`` / ``study.journal`` inside) or by name from
+    ``storage``. Errors name the fix (study not found, no storage given, several studies in one file)."""
+    optuna = import_optuna()
+    sspec, name = _locate(spec, storage, study_name)
+    stor = open_storage(sspec)
+    names = study_names(stor)
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(f"{sspec.display} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                             "name the one to use")
+        name = names[0]
+    if name not in names:
+        raise ValueError(f"study {name!r} not found in {sspec.display}: choose one of "
+                         f"{', '.join(names) or '(none: run `ab-plugin warmstart` first)'}")
+    return optuna.load_study(study_name=name, storage=stor)
+
+
+def _locate(spec: str | Path, storage: str | None, study_name: str | None) -> tuple[StorageSpec, str | None]:
+    """The storage and study name ``spec`` points to (``None``: the storage's only study)."""
+    folder = Path(spec)
+    if folder.is_dir():
+        if (folder / STUDY_DB).exists():
+            sspec = resolve_storage("sqlite", folder)
+        elif (folder / STUDY_JOURNAL).exists():
+            sspec = resolve_storage("journal", folder)
+        elif storage is not None:
+            sspec = resolve_storage(storage, folder)
+        else:
+            raise ValueError(f"{folder} holds no study ({STUDY_DB} or {STUDY_JOURNAL}): pass a warmstart run folder, "
+                             "or a study name together with its storage URL")
+        return sspec, study_name or _read_summary(folder).get("study_name")
+    if storage is None or storage in ("sqlite", "journal"):
+        raise ValueError(f"--warmstart {str(spec)!r} is neither a number of trials nor a warmstart run folder: "
+                         "pass N, a folder made by `ab-plugin warmstart`, or a study name with its --storage URL")
+    return resolve_storage(storage, Path.cwd()), study_name or str(spec)
+
+
+def _read_summary(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / SUMMARY).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

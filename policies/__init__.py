@@ -30,6 +30,11 @@ from ._policy import DEFAULT_OPS, POLICY_KINDS, ClassPolicy, create_policy
 from ._transforms import PerClassTransform, PerClassTransformV2
 from ._zoo import ZOO_ENV, list_zoo, zoo_dir
 
+
+def list_policies() -> list[str]:
+    return list(POLICY_KINDS)
+
+
 __all__ = [
     "APPLY_ORDER",
     "DEFAULT_OPS",
@@ -46,6 +51,7 @@ __all__ = [
     "PolicyFileError",
     "check_num_classes",
     "create_policy",
+    "list_policies",
     "list_zoo",
     "load_policy",
     "make_provenance",

@@ -11,7 +11,16 @@ from ._functional import (
     to_soft_targets,
 )
 from ._parametric import HPARAM_NAMES, LOSSES, NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss
-from ._sharing import Sharing, create_sharing, frequency_dictionary, frequency_groups, per_class
+from ._sharing import Sharing, create_sharing, frequency_dictionary, frequency_groups, per_class, sharing_names
+
+
+def list_losses() -> list[str]:
+    return list(LOSSES)
+
+
+def list_sharings() -> list[str]:
+    return [spec.partition(":")[0] for spec in sharing_names()]
+
 
 __all__ = [
     "HPARAM_NAMES",
@@ -28,6 +37,8 @@ __all__ = [
     "frequency_groups",
     "la_bias",
     "ldam_margins",
+    "list_losses",
+    "list_sharings",
     "log_prior",
     "parametric_cross_entropy",
     "per_class",

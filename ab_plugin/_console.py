@@ -19,6 +19,7 @@ from .config import Config
 
 console = Console(stderr=True)
 
+
 def command_options(fn: Callable) -> Callable:
     """--format, --debug and one-line errors for every command."""
 
@@ -29,8 +30,9 @@ def command_options(fn: Callable) -> Callable:
     def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
         try:
             return fn(*args, fmt=fmt, **kwargs)
-        except KeyboardInterrupt:
-            console.print("[yellow]stopped[/]: the last finished epoch is saved; continue with --resume")
+        except KeyboardInterrupt as e:
+            # a run folder's KeyboardInterrupt says what was saved (see ab_plugin.runs.run_folder)
+            click.echo(str(e) or "stopped", err=True)
             sys.exit(130)
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
             if debug:
@@ -40,6 +42,11 @@ def command_options(fn: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    console.print(f"[yellow]warning[/]: {message}", highlight=False)
 
 
 class RichProgress:

@@ -16,7 +16,16 @@ from .hypergrad import create_engine
 from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
 from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
-from .policies import ClassPolicy, create_policy, policy_from_module
+from .policies import (
+    FORMAT_VERSION,
+    LOSS_KEYS,
+    ClassPolicy,
+    PolicyFile,
+    create_policy,
+    make_provenance,
+    policy_from_module,
+    save_policy,
+)
 from .trainer import Trainer, UpperLevel
 
 
@@ -35,6 +44,7 @@ class RunResult:
     val_metrics: dict[str, Any] | None = None
     test_metrics: dict[str, Any] | None = None
     seconds: float = 0.0
+    steps: int = 0  # lower-level steps taken, skipped ones included
     hyper_steps: int = 0
     skipped_steps: int = 0
     skipped_hyper_steps: int = 0
@@ -45,6 +55,32 @@ class RunResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_policy(self) -> PolicyFile:
+        """α and the per-class augmentation as a :class:`~ab_plugin.policies.PolicyFile` (with provenance)."""
+        cfg = self.config
+        return PolicyFile(
+            version=FORMAT_VERSION,
+            classes=list(self.classes),
+            class_counts=list(self.class_counts),
+            loss={k: list(self.alpha[k]) for k in LOSS_KEYS},
+            augmentation=self.augmentation,
+            provenance=make_provenance(
+                **{k: cfg.get(k) for k in _PROVENANCE_KEYS},
+                val_metrics=_headline(self.val_metrics), test_metrics=_headline(self.test_metrics)),
+        )
+
+    def save_policy(self, path: str | Path) -> None:
+        """Write :meth:`to_policy` as a policy file (validated, atomic); ``ab-plugin retrain`` / ``show`` read it."""
+        save_policy(path, self.to_policy())
+
+
+_PROVENANCE_KEYS = ("dataset", "imbalance", "n_max", "backbone", "epochs", "seed", "engine", "init", "sharing",
+                    "augment")
+
+
+def _headline(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if m is None else {k: m[k] for k in ("accuracy", "balanced_error", "worst_class_error") if k in m}
 
 
 SearchResult = RunResult
@@ -78,6 +114,7 @@ def _finish(trainer: Trainer, kind: str, method: str, data: ImageData, test: Ima
         val_metrics=trainer.evaluate(val).to_dict() if val is not None else None,
         test_metrics=trainer.evaluate(test).to_dict() if test is not None else None,
         seconds=st.seconds,
+        steps=st.step,
         hyper_steps=st.hyper_steps,
         skipped_steps=st.skipped_steps,
         skipped_hyper_steps=st.skipped_hyper_steps,

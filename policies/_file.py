@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +54,11 @@ LOSS_KEYS: tuple[str, ...] = ("class_weight", "logit_bias", "logit_scale")
 _TOP_KEYS: tuple[str, ...] = ("version", "classes", "class_counts", "loss", "augmentation", "provenance")
 _AUG_KEYS: tuple[str, ...] = ("ops", "per_class", "crop_flip")
 _REEXPORT = "re-export it with `ab-plugin export`"
+#: Largest policy file read (bytes): room for tens of thousands of classes, and a bound on the memory a
+#: hostile or mistaken file can take while it is parsed.
+MAX_POLICY_BYTES = 16 << 20
+#: Values beyond float32's range turn into ``inf`` inside the loss.
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class PolicyFileError(ValueError):
@@ -103,14 +107,14 @@ def _err(source: str, problem: str, fix: str = _REEXPORT) -> PolicyFileError:
 
 
 def _as_float(v: Any) -> float | None:
-    """``float(v)`` for a finite int/float (not bool), else ``None``."""
+    """``float(v)`` for an int/float (not bool) that is finite in float32, else ``None``."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     try:
         f = float(v)
     except OverflowError:
         return None
-    return f if math.isfinite(f) else None
+    return f if math.isfinite(f) and abs(f) <= _FLOAT32_MAX else None
 
 
 def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
@@ -125,10 +129,10 @@ def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
     for i, item in enumerate(v):
         f = _as_float(item)
         if f is None:
-            if isinstance(item, float):
+            if isinstance(item, float) and not math.isfinite(item):
                 kind = "a non-finite"
-            elif isinstance(item, int) and not isinstance(item, bool):
-                kind = "an out-of-range (non-finite as a float)"
+            elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                kind = "an out-of-range (non-finite as a float32)"
             else:
                 kind = "a non-numeric"
             raise _err(source, f"{where}[{i}] is {kind} value ({item!r:.40}); every value must be a finite number")
@@ -257,6 +261,11 @@ def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
     )
 
 
+def _too_big(source: str, size: int) -> PolicyFileError:
+    return _err(source, f"is {size / (1 << 20):.1f} MiB, over the {MAX_POLICY_BYTES >> 20} MiB limit of a policy file",
+                "pass a policy file (a few KiB per hundred classes)")
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
@@ -268,6 +277,8 @@ def parse_policy(text: str | bytes, source: str = "<string>") -> PolicyFile:
         PolicyFileError: malformed or truncated JSON, non-finite numbers (``NaN``, ``Infinity``) or any
             validation error of :func:`policy_from_dict`.
     """
+    if len(text) > MAX_POLICY_BYTES:
+        raise _too_big(source, len(text))
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -299,20 +310,11 @@ def save_policy(path: str | os.PathLike[str], policy: PolicyFile) -> None:
     Raises:
         PolicyFileError: the policy is invalid (nothing is written).
     """
+    from ab_plugin.io import atomic_write
+
     path = Path(path)
-    checked = policy_from_dict(policy.to_dict(), str(path))
-    text = _json_text(checked)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = _json_text(policy_from_dict(policy.to_dict(), str(path)))
+    atomic_write(path, lambda f: f.write(text), mode="w", encoding="utf-8")
 
 
 def load_policy(path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathLike[str] | None = None) -> PolicyFile:
@@ -341,6 +343,8 @@ def load_policy(path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathL
             )
         p = candidate
     try:
+        if p.stat().st_size > MAX_POLICY_BYTES:
+            raise _too_big(str(p), p.stat().st_size)
         raw = p.read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"policy file {s} does not exist; check the path or export one") from None

@@ -159,6 +159,10 @@ def create_sharing(spec: str, counts: Counts) -> Sharing:
         k = int(arg) if arg else 3
     except ValueError:
         raise ValueError(f"bad sharing spec {spec!r}: the size after ':' must be an integer") from None
+    if k < 1:
+        raise ValueError(f"bad sharing spec {spec!r}: the size after ':' must be >= 1 (e.g. {name}:3)")
+    if name == "per_class" and arg:
+        raise ValueError(f"bad sharing spec {spec!r}: per_class takes no size (every class has its own value)")
     if name == "per_class":
         return per_class(n)
     if name == "groups":

@@ -68,4 +68,7 @@ def _resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Confi
         changes["learn"] = learn  # Config reads a comma list
     cfg = base.replace(**changes)
     cfg.validate()
+    datasets = _named_choices()["dataset"]()
+    if cfg.dataset.partition(":")[0] not in datasets:
+        raise ValueError(f"unknown --dataset {cfg.dataset!r}: choose from {', '.join(datasets)} (imagefolder:PATH)")
     return cfg

@@ -190,7 +190,7 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     """
     from .policies import check_num_classes, load_policy
     from .runs import POLICY, check_inputs, finish_run, load_bundle, read_run, run_folder, run_stage
-    from .search import retrain
+    from .search import fixed_loss_from_alpha, retrain
 
     src, out_p = Path(source), Path(out)
     base = _saved_options(out_p, resume)[1] or (read_run(src)[2] if src.is_dir() else None)
@@ -199,6 +199,7 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     _check_backbone(cfg)
     bundle = load_bundle(cfg)
     check_num_classes(pf, bundle.train.num_classes)
+    fixed_loss_from_alpha(pf.loss)  # α must be usable in float32 before the folder is claimed
     check_inputs(cfg, bundle)
     with run_folder(out_p, cfg, command="retrain", resume=resume, overwrite=overwrite), \
             make_progress(fmt == "table" and not quiet) as progress:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,10 @@ class Config:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Check values and names (types are checked on construction); a one-line ``ValueError`` names the fix."""
-        from .data import list_datasets
+        """Check values and names (types are checked on construction); a one-line ``ValueError`` names the fix.
+
+        ``dataset`` is only a label here (the Python API takes any :class:`DatasetBundle`); the commands
+        check it against :func:`ab_plugin.data.list_datasets`."""
         from .hypergrad import list_engines
         from .losses import HPARAM_NAMES, list_losses, list_sharings
         from .objectives import list_objectives
@@ -131,7 +132,6 @@ class Config:
              f"--upper-optimizer must be adam or sgd, got {self.upper_optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
-        known("dataset", self.dataset.partition(":")[0], list_datasets())
         known("loss", self.loss, list_losses())
         known("engine", self.engine, list_engines())
         known("objective", self.objective, list_objectives())
@@ -160,8 +160,8 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             raise bad("a whole number")
         return int(value)
     if kind == "float":
-        if not (number and math.isfinite(value)):
-            raise bad("a finite number")
+        if not number:
+            raise bad("a number")
         return float(value)
     if kind == "str":
         if not isinstance(value, str):

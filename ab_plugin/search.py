@@ -165,12 +165,14 @@ class AutoBalance:
 def fixed_loss_from_alpha(alpha: dict[str, Sequence[float]]) -> ParametricCrossEntropy:
     """A non-learnable loss with the given per-class vectors (what a retrain uses)."""
     n = len(alpha["logit_bias"])
-    return ParametricCrossEntropy(
-        n,
-        class_weight=torch.tensor(alpha["class_weight"]) if "class_weight" in alpha else None,
-        logit_bias=torch.tensor(alpha["logit_bias"]),
-        logit_scale=torch.tensor(alpha["logit_scale"]) if "logit_scale" in alpha else None,
-    )
+    values = {k: torch.tensor(alpha[k], dtype=torch.float32) for k in LOSS_KEYS if k in alpha}
+    for k, v in values.items():
+        if not bool(torch.isfinite(v).all()):
+            i = int((~torch.isfinite(v)).nonzero()[0])
+            raise ValueError(f"{k}[{i}] = {alpha[k][i]!r} is out of float32 range (|value| <= 3.4e38): training "
+                             "with it would skip every step; use a policy with ordinary values")
+    return ParametricCrossEntropy(n, class_weight=values.get("class_weight"), logit_bias=values["logit_bias"],
+                                  logit_scale=values.get("logit_scale"))
 
 
 def retrain(

@@ -57,8 +57,6 @@ _REEXPORT = "re-export it with `ab-plugin export`"
 #: Largest policy file read (bytes): room for tens of thousands of classes, and a bound on the memory a
 #: hostile or mistaken file can take while it is parsed.
 MAX_POLICY_BYTES = 16 << 20
-#: Values beyond float32's range turn into ``inf`` inside the loss.
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class PolicyFileError(ValueError):
@@ -107,14 +105,14 @@ def _err(source: str, problem: str, fix: str = _REEXPORT) -> PolicyFileError:
 
 
 def _as_float(v: Any) -> float | None:
-    """``float(v)`` for an int/float (not bool) that is finite in float32, else ``None``."""
+    """``float(v)`` for a finite int/float (not bool), else ``None``."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     try:
         f = float(v)
     except OverflowError:
         return None
-    return f if math.isfinite(f) and abs(f) <= _FLOAT32_MAX else None
+    return f if math.isfinite(f) else None
 
 
 def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
@@ -129,10 +127,10 @@ def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
     for i, item in enumerate(v):
         f = _as_float(item)
         if f is None:
-            if isinstance(item, float) and not math.isfinite(item):
+            if isinstance(item, float):
                 kind = "a non-finite"
-            elif isinstance(item, (int, float)) and not isinstance(item, bool):
-                kind = "an out-of-range (non-finite as a float32)"
+            elif isinstance(item, int) and not isinstance(item, bool):
+                kind = "an out-of-range (non-finite as a float)"
             else:
                 kind = "a non-numeric"
             raise _err(source, f"{where}[{i}] is {kind} value ({item!r:.40}); every value must be a finite number")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,9 @@ def command_options(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
         try:
-            return fn(*args, fmt=fmt, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, fmt=fmt, **kwargs)
         except KeyboardInterrupt as e:
             # a run folder's KeyboardInterrupt says what was saved (see ab_plugin.runs.run_folder)
             click.echo(str(e) or "stopped", err=True)
@@ -45,8 +48,12 @@ def command_options(fn: Callable) -> Callable:
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr."""
-    console.print(f"[yellow]warning[/]: {message}", highlight=False)
+    """One warning line on stderr (never wrapped, so scripts can grep it)."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    warn(str(message).splitlines()[0])
 
 
 class RichProgress:

@@ -259,11 +259,18 @@ def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any]
     """Write a run's outputs into ``out``: ``result.json`` (see :func:`summarize`), ``policy.json`` (the
     final α and augmentation, validation metrics of the search) and the plots; returns the summary and the
     plot paths. ``policy.json`` is written last, so a folder holding one holds a finished run."""
+    from .policies import PolicyFileError, policy_from_dict, save_policy
+
     summary = summarize(results)
+    policy = dataclasses.replace(results[summary["final"]], val_metrics=summary["val_metrics"]).to_policy()
+    try:
+        policy_from_dict(policy.to_dict(), str(out / POLICY))
+    except PolicyFileError as e:
+        raise RuntimeError(f"the run in {out} ended with values a policy cannot hold ({e}); its checkpoints are "
+                           "kept: lower --lr / --upper-lr and start again with --overwrite") from None
     plots = write_plots(out, results)
     write_json(out / RESULT, summary)
-    policy = dataclasses.replace(results[summary["final"]], val_metrics=summary["val_metrics"])
-    policy.save_policy(out / POLICY)
+    save_policy(out / POLICY, policy)
     return summary, plots
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,7 +81,11 @@ _PROVENANCE_KEYS = ("dataset", "imbalance", "n_max", "backbone", "epochs", "seed
 
 
 def _headline(m: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if m is None else {k: m[k] for k in ("accuracy", "balanced_error", "worst_class_error") if k in m}
+    """The three headline metrics; a non-finite one (a diverged model) becomes ``None`` (JSON has no NaN)."""
+    if m is None:
+        return None
+    return {k: m[k] if math.isfinite(m[k]) else None
+            for k in ("accuracy", "balanced_error", "worst_class_error") if k in m}
 
 
 SearchResult = RunResult

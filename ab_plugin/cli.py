@@ -66,8 +66,6 @@ def _given(name: str) -> bool:
 
 
 def _baselines(compare: str) -> list[str]:
-    from .losses import list_losses
-
     names = [c.strip() for c in compare.split(",") if c.strip()]
     valid = [n for n in list_losses() if n != "autobalance"]
     for n in names:

@@ -88,32 +88,34 @@ def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool,
     """
     wanted = {"command": command, **({"options": options} if options else {}), **cfg.to_dict()}
     have = _saved(out)
-    aside = None
     if have and not _started(out) and not resume:
         have = {}  # a start that failed before its first checkpoint left nothing to keep
+    if have and options and "options" not in have:
+        have["options"] = options  # a folder saved before runs recorded their options
+    replace = False
     if have and have != wanted:
-        if overwrite:
-            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            shutil.rmtree(aside, ignore_errors=True)
-            out.rename(aside)
-        elif resume:
+        if resume:
             raise RunFolderError(
                 f"run folder {out} holds a run with a different configuration: resume it with its own "
-                "settings (`--resume` and no other options), or pass --overwrite"
+                "settings (`--resume` and no other options), or start it anew with --overwrite"
             )
-        else:
+        if not overwrite:
             raise RunFolderError(
                 f"run folder {out} already holds a different run: choose another --out, pass --resume to "
                 "continue it, or --overwrite to replace it"
             )
-    elif have and not resume and (out / RESULT).exists():
-        if not overwrite:
+        replace = True
+    elif have and not resume:
+        if not overwrite and (out / RESULT).exists():
             raise RunFolderError(f"run folder {out} already holds a finished run: use another --out or --overwrite")
+        replace = overwrite
+    elif resume and not have:
+        raise RunFolderError(f"nothing to resume in {out}: start the run without --resume")
+    aside = None
+    if replace:
         aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
         shutil.rmtree(aside, ignore_errors=True)
         out.rename(aside)
-    elif resume and not have:
-        raise RunFolderError(f"nothing to resume in {out}: start the run without --resume")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / CONFIG, lambda f: yaml.safe_dump(wanted, f, sort_keys=True), mode="w")
     return aside

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,6 @@ from .config import Config
 
 console = Console(stderr=True)
 
-#: What a Ctrl-C leaves behind, for the commands that train a run folder.
-_STOPPED = "the last finished epoch is saved; continue with --resume"
 #: Errors shown as one line by default (bad input, missing files, I/O); anything else is a bug: traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
 
@@ -29,13 +28,15 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, USER_ERRORS)
 
 
-def command_options(fn: Callable | None = None, *, stopped: str = _STOPPED,
+def command_options(fn: Callable | None = None, *, stopped: str = "",
                     user_error: Callable[[BaseException], bool] = _is_user_error) -> Callable:
     """--format, --debug and one-line errors for every command.
 
     ``@command_options`` as it is, or ``@command_options(stopped=..., user_error=...)`` for a command whose
-    Ctrl-C leaves something else behind (``stopped``: the message after "stopped: ") or whose one-line errors
-    are a different set (``user_error(e)``: show ``e`` as one line; default: :data:`USER_ERRORS`).
+    Ctrl-C leaves something behind that the interrupt itself does not name (``stopped``: the message after
+    "stopped: "; a run folder's interrupt names what was saved) or whose one-line errors are a different set
+    (``user_error(e)``: show ``e`` as one line; default: :data:`USER_ERRORS`). Library warnings show as one
+    ``warning:`` line each.
     """
     if fn is None:
         return functools.partial(command_options, stopped=stopped, user_error=user_error)
@@ -46,9 +47,12 @@ def command_options(fn: Callable | None = None, *, stopped: str = _STOPPED,
     @functools.wraps(fn)
     def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
         try:
-            return fn(*args, fmt=fmt, **kwargs)
-        except KeyboardInterrupt:
-            console.print(f"[yellow]stopped[/]: {stopped}")
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, fmt=fmt, **kwargs)
+        except KeyboardInterrupt as e:
+            # a run folder's KeyboardInterrupt says what was saved (see ab_plugin.runs.run_folder)
+            click.echo(str(e) or ("stopped: " + stopped if stopped else "stopped"), err=True)
             sys.exit(130)
         except Exception as e:
             if debug or not user_error(e):
@@ -58,6 +62,15 @@ def command_options(fn: Callable | None = None, *, stopped: str = _STOPPED,
             sys.exit(2)
 
     return wrapper
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (never wrapped, so scripts can grep it)."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    warn(str(message).splitlines()[0])
 
 
 class RichProgress:

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from ._console import RichProgress, command_options, console, emit, make_progress
+from ._console import RichProgress, command_options, console, emit, make_progress, warn
 from ._options import _resolve_config, config_options
 from .config import Config
+from .losses import list_losses
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,52 +26,52 @@ def main() -> None:
     """
 
 
-def _finish_run(out: Path, results: dict, fmt: str, title: str) -> None:
-    from .policies import save_policy
+def _render_run(out: Path, summary: dict[str, Any], plots: list[Path], fmt: str, title: str) -> None:
     from .report import per_class_table, summary_table
-    from .runs import summarize, write_plots
 
-    summary = summarize(out, results)
-    plots = write_plots(out, results)
-    save_policy(out / "policy.json", _policy_from_summary(summary, out))
+    stages = summary["stages"]
 
     def render() -> None:
-        console.print(summary_table(title, {k: v.to_dict() for k, v in results.items() if k != "search"}
-                                    or {k: v.to_dict() for k, v in results.items()}))
-        console.print(per_class_table({**summary, "test_metrics": summary["test_metrics"]}))
+        console.print(summary_table(title, {k: v for k, v in stages.items() if k != "search"} or stages))
+        console.print(per_class_table(summary))
         console.print(f"run folder: [bold]{out}[/]  (result.json, policy.json, {', '.join(p.name for p in plots)})")
 
     emit(fmt, summary, render)
+    _check_skipped(stages)
 
 
-def _policy_from_summary(summary: dict[str, Any], out: Path) -> Any:
-    import datetime
-
-    from . import __version__
-    from .policies import FORMAT_VERSION, PolicyFile
-    from .runs import read_run_config
-
-    _, cfg = read_run_config(out)
-    aug = summary.get("augmentation")
-    return PolicyFile(
-        version=FORMAT_VERSION,
-        classes=summary["classes"],
-        class_counts=summary["class_counts"],
-        loss={k: summary["alpha"][k] for k in ("class_weight", "logit_bias", "logit_scale")},
-        augmentation=aug,
-        provenance={
-            "dataset": cfg.dataset, "imbalance": cfg.imbalance, "n_max": cfg.n_max, "backbone": cfg.backbone,
-            "epochs": cfg.epochs, "seed": cfg.seed, "engine": cfg.engine, "init": cfg.init, "sharing": cfg.sharing,
-            "augment": cfg.augment,
-            "val_metrics": _short(summary.get("val_metrics")), "test_metrics": _short(summary.get("test_metrics")),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "ab_plugin": __version__,
-        },
-    )
+def _check_skipped(stages: dict[str, dict[str, Any]]) -> None:
+    """Non-finite steps are skipped during training; say so, and fail when they were most of a stage."""
+    for name, st in stages.items():
+        skipped, steps = st.get("skipped_steps", 0), st.get("steps", 0)
+        if skipped:
+            warn(f"stage {name} skipped {skipped} of {steps} steps (non-finite loss): lower --lr")
+        if steps and 2 * skipped > steps:
+            raise RuntimeError(f"stage {name} skipped most of its steps ({skipped} of {steps}): its results are "
+                               "unreliable; lower --lr (or --upper-lr) and start again with --overwrite")
 
 
-def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if m is None else {k: m[k] for k in ("accuracy", "balanced_error", "worst_class_error") if k in m}
+def _saved_options(out: Path, resume: bool) -> tuple[dict[str, Any], Config | None]:
+    """On --resume, the options and config a run folder saved (its own settings win over the defaults)."""
+    from .runs import CONFIG, read_run
+
+    if not (resume and (out / CONFIG).exists()):
+        return {}, None
+    _, options, cfg = read_run(out)
+    return options, cfg
+
+
+def _given(name: str) -> bool:
+    return click.get_current_context().get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+
+
+def _baselines(compare: str) -> list[str]:
+    names = [c.strip() for c in compare.split(",") if c.strip()]
+    valid = [n for n in list_losses() if n != "autobalance"]
+    for n in names:
+        if n not in valid:
+            raise ValueError(f"unknown --compare baseline {n!r}: choose from {', '.join(valid)}")
+    return names
 
 
 @main.command()
@@ -101,42 +102,34 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
       ab-plugin search --dataset cifar10-lt --data-dir ~/data --download --engine neumann --device cuda
       ab-plugin search --out runs/x --resume                     # continue after a crash or Ctrl-C
     """
-    from .runs import load_bundle, prepare_run_folder, read_run_config, run_search
+    from .runs import check_inputs, finish_run, load_bundle, run_folder, run_search
 
     out_p = Path(out)
-    # --resume alone continues with the run's own settings
-    cfg = _resolve_config(kwargs, read_run_config(out_p)[1] if resume and (out_p / "config.yaml").exists() else None)
+    saved, saved_cfg = _saved_options(out_p, resume)
+    # --resume alone continues with the run's own settings, --compare and --no-retrain included
+    cfg = _resolve_config(kwargs, saved_cfg)
+    baselines = _baselines(compare) if _given("compare") or "compare" not in saved else list(saved["compare"])
+    do_retrain = do_retrain if _given("do_retrain") or "retrain" not in saved else bool(saved["retrain"])
     if warmstart:
         from .warmstart import warmstart_config
 
         cfg = warmstart_config(cfg, warmstart, storage=warmstart_storage, out=out_p)
-    _check_names(cfg)
-    prepare_run_folder(out_p, cfg, resume=resume, overwrite=overwrite, command="search")
+    _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
-    baselines = [c.strip() for c in compare.split(",") if c.strip()]
-    with make_progress(fmt == "table" and not quiet) as progress:
+    check_inputs(cfg, bundle)
+    with run_folder(out_p, cfg, command="search", resume=resume, overwrite=overwrite,
+                    options={"compare": baselines, "retrain": do_retrain}), \
+            make_progress(fmt == "table" and not quiet) as progress:
         results = run_search(out_p, cfg, bundle, do_retrain=do_retrain, compare=baselines,
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
-    _finish_run(out_p, results, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
+        summary, plots = finish_run(out_p, results)
+    _render_run(out_p, summary, plots, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
 
 
-def _check_names(cfg: Config) -> None:
-    """Fail fast, before any data is loaded, on names that do not exist."""
-    from .data import list_datasets
-    from .hypergrad import list_engines
-    from .losses import LOSSES
+def _check_backbone(cfg: Config) -> None:
+    """Fail fast, before any data is loaded, on a backbone that does not exist."""
     from .models import list_backbones
-    from .objectives import list_objectives
 
-    if cfg.engine not in list_engines():
-        raise ValueError(f"unknown --engine {cfg.engine!r}: choose from {', '.join(list_engines())}")
-    if cfg.objective not in list_objectives():
-        raise ValueError(f"unknown --objective {cfg.objective!r}: choose from {', '.join(list_objectives())}")
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"unknown --loss {cfg.loss!r}: choose from {', '.join(LOSSES)}")
-    if not cfg.dataset.startswith("imagefolder:") and cfg.dataset not in list_datasets():
-        raise ValueError(f"unknown --dataset {cfg.dataset!r}: choose from {', '.join(list_datasets())} "
-                         "or imagefolder:PATH")
     if cfg.backbone not in list_backbones():
         import timm
 
@@ -146,7 +139,7 @@ def _check_names(cfg: Config) -> None:
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["ce", "la", "cdt", "vs", "ldam", "ldam-drw"]))
+@click.argument("name", type=click.Choice([n for n in list_losses() if n != "autobalance"]))
 @config_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder [default: runs/NAME]")
 @click.option("--resume", is_flag=True, help="continue the run in --out")
@@ -163,16 +156,18 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
       ab-plugin baseline la --tau 1.0 --out runs/la
       ab-plugin baseline ldam-drw --dataset cifar10-lt --data-dir ~/data
     """
-    from .runs import load_bundle, prepare_run_folder, run_baseline
+    from .runs import check_inputs, finish_run, load_bundle, run_baseline, run_folder
 
-    cfg = _resolve_config(kwargs).replace(loss=name)
-    _check_names(cfg)
     out_p = Path(out or f"runs/{name}")
-    prepare_run_folder(out_p, cfg, resume=resume, overwrite=overwrite, command=f"baseline {name}")
+    cfg = _resolve_config(kwargs, _saved_options(out_p, resume)[1]).replace(loss=name)
+    _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
-    with make_progress(fmt == "table" and not quiet) as progress:
+    check_inputs(cfg, bundle)
+    with run_folder(out_p, cfg, command=f"baseline {name}", resume=resume, overwrite=overwrite), \
+            make_progress(fmt == "table" and not quiet) as progress:
         results = run_baseline(out_p, name, cfg, bundle, [RichProgress(progress, name, cfg)])
-    _finish_run(out_p, results, fmt, f"{name} on {cfg.dataset}")
+        summary, plots = finish_run(out_p, results)
+    _render_run(out_p, summary, plots, fmt, f"{name} on {cfg.dataset}")
 
 
 @main.command(name="retrain")
@@ -192,20 +187,25 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
       ab-plugin retrain runs/demo --backbone resnet56 --out runs/r56
     """
     from .policies import check_num_classes, load_policy
-    from .runs import load_bundle, prepare_run_folder, read_run_config, run_stage
-    from .search import retrain
+    from .runs import POLICY, check_inputs, finish_run, load_bundle, read_run, run_folder, run_stage
+    from .search import fixed_loss_from_alpha, retrain
 
-    src = Path(source)
-    cfg = _resolve_config(kwargs, read_run_config(src)[1] if src.is_dir() else None)
-    pf = load_policy(src / "policy.json" if src.is_dir() else src)
+    src, out_p = Path(source), Path(out)
+    base = _saved_options(out_p, resume)[1] or (read_run(src)[2] if src.is_dir() else None)
+    cfg = _resolve_config(kwargs, base)
+    pf = load_policy(src / POLICY if src.is_dir() else src)
+    _check_backbone(cfg)
     bundle = load_bundle(cfg)
     check_num_classes(pf, bundle.train.num_classes)
-    prepare_run_folder(Path(out), cfg, resume=resume, overwrite=overwrite, command="retrain")
-    with make_progress(fmt == "table" and not quiet) as progress:
-        result = run_stage(Path(out), "retrain", lambda d, r: retrain(
+    fixed_loss_from_alpha(pf.loss)  # α must be usable in float32 before the folder is claimed
+    check_inputs(cfg, bundle)
+    with run_folder(out_p, cfg, command="retrain", resume=resume, overwrite=overwrite), \
+            make_progress(fmt == "table" and not quiet) as progress:
+        result = run_stage(out_p, "retrain", lambda d, r: retrain(
             pf.loss, bundle, cfg, augmentation=pf.augmentation, run_dir=d, resume=r,
             callbacks=[RichProgress(progress, "retrain", cfg)]))
-    _finish_run(Path(out), {"retrain": result}, fmt, "retrain")
+        summary, plots = finish_run(out_p, {"retrain": result})
+    _render_run(out_p, summary, plots, fmt, "retrain")
 
 
 @main.command()
@@ -214,33 +214,31 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
 @command_options
 def evaluate(run: str, stage: str | None, fmt: str) -> None:
     """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error)."""
+    from .evaluation import evaluate as evaluate_model
     from .io import load_checkpoint
-    from .objectives import compute_metrics
     from .report import summary_table
-    from .runs import load_bundle, read_run_config
+    from .runs import load_bundle, read_run
     from .search import _model
-    from .trainer import Trainer
+    from .trainer import resolve_device
 
     run_p = Path(run)
-    _, cfg = read_run_config(run_p)
+    _, _, cfg = read_run(run_p)
     stages = [s for s in ("retrain", "search") if (run_p / s / "checkpoint.pt").exists()]
     stages += sorted(p.parent.name for p in run_p.glob("baseline-*/checkpoint.pt"))
     if stage is None:
         if not stages:
             raise ValueError(f"no checkpoint in {run}: train first (ab-plugin search / baseline)")
         stage = stages[0]
+    elif stage not in stages:
+        raise ValueError(f"no stage {stage!r} with a checkpoint in {run}: choose from {', '.join(stages) or 'none'}")
     ck = load_checkpoint(run_p / stage / "checkpoint.pt")
     bundle = load_bundle(Config.from_dict(ck["config"]))
     loss_name = stage.removeprefix("baseline-") if stage.startswith("baseline-") else "autobalance"
     model = _model(cfg, bundle.train.num_classes, loss_name)
     model.load_state_dict(ck["model"])
-    from .losses import ParametricCrossEntropy
-
-    trainer = Trainer(model, ParametricCrossEntropy(bundle.train.num_classes), bundle.train,
-                      cfg, mean=bundle.mean, std=bundle.std)
-    logits, _ = trainer.predict(bundle.test)
-    groups = bundle.test.groups.to(trainer.device) if bundle.test.groups is not None else None
-    m = compute_metrics(logits, bundle.test.targets.to(trainer.device), bundle.train.num_classes, groups).to_dict()
+    device = resolve_device(cfg.device)
+    m = evaluate_model(model.to(device), bundle.test, mean=bundle.mean, std=bundle.std, device=device,
+                       channels_last=cfg.channels_last, amp=cfg.amp).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}
     emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))
 

@@ -67,6 +67,10 @@ class Config:
     channels_last: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
@@ -80,8 +84,7 @@ class Config:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}: see `ab-plugin search --help` for the valid ones")
-        fixed = {k: tuple(v) if isinstance(getattr(cls(), k), tuple) and v is not None else v for k, v in d.items()}
-        cfg = cls(**fixed)
+        cfg = cls(**d)
         cfg.validate()
         return cfg
 
@@ -98,21 +101,83 @@ class Config:
         return cls.from_dict(data)
 
     def validate(self) -> None:
+        """Check values and names (types are checked on construction); a one-line ``ValueError`` names the fix.
+
+        ``dataset`` is only a label here (the Python API takes any :class:`DatasetBundle`); the commands
+        check it against :func:`ab_plugin.data.list_datasets`."""
+        from .hypergrad import list_engines
+        from .losses import HPARAM_NAMES, list_losses, list_sharings
+        from .objectives import list_objectives
+        from .policies import list_policies
+
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(msg)
+
+        def known(option: str, name: str, names: list[str]) -> None:
+            need(name in names, f"unknown --{option} {name!r}: choose from {', '.join(names)}")
 
         need(self.imbalance >= 1, f"--imbalance must be >= 1 (max/min class count), got {self.imbalance}")
         need(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")
         need(self.lr > 0 and self.upper_lr >= 0, "learning rates must be positive")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")
+        need(self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {self.max_bad_steps}")
+        need(all(0 < m < 1 for m in self.milestones),
+             f"milestones are fractions in (0, 1), got {list(self.milestones)}")
         need(self.schedule in ("cosine", "step"), f"--schedule must be cosine or step, got {self.schedule!r}")
-        need(self.augment in ("fixed", "learned", "none"),
-             f"--augment must be fixed, learned or none, got {self.augment!r}")
+        known("augment", self.augment, list_policies())
         need(self.upper_optimizer in ("adam", "sgd"),
              f"--upper-optimizer must be adam or sgd, got {self.upper_optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
+        known("loss", self.loss, list_losses())
+        known("engine", self.engine, list_engines())
+        known("objective", self.objective, list_objectives())
+        known("sharing", self.sharing.partition(":")[0], list_sharings())
+        for name in self.learn:
+            known("learn", name, list(HPARAM_NAMES))
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """``value`` as the field's declared type (ints widen to float, a lone item or a comma list becomes a
+    tuple); anything else is a one-line ``ValueError`` naming the key."""
+    kind = annotation.split(" | ")[0]
+    if value is None and annotation.endswith("| None"):
+        return None
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"config key {name!r} must be {what}, got {value!r:.60} ({type(value).__name__})")
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == "int":
+        if not (number and float(value).is_integer()):
+            raise bad("a whole number")
+        return int(value)
+    if kind == "float":
+        if not number:
+            raise bad("a number")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind.startswith("tuple["):
+        item = kind[len("tuple["):].split(",")[0]
+        if isinstance(value, str) and item == "str":
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            raise bad(f"a list of {item} values (e.g. [{'0.5' if item == 'float' else 'logit_bias'}])")
+        return tuple(_coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value))
+    if kind.startswith("dict["):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad("a mapping of option names to values (e.g. {steps: 5})")
+        return dict(value)
+    raise TypeError(f"Config field {name!r} has an annotation {annotation!r} that _coerce does not handle")

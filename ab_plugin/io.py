@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -12,21 +13,46 @@ from typing import Any
 import torch
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb",
+                 encoding: str | None = None) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    The file gets the permissions ``open()`` would give it (0666 less the umask). A full disk is an
+    ``OSError`` naming the file, whatever the writer raised.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, Exception) and _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, f"no space left to write {path}: free some disk space, then run again "
+                                        "(with --resume for a run)") from None
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has (almost) no room left: torch's writer reports a full
+    disk as an unrelated-looking RuntimeError, so the cause is checked directly."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -73,5 +99,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} not found: check the run folder") from None
     except Exception as e:  # truncated or foreign files raise many different errors
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to restart from the previous one"
+            f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to restart that stage from its "
+            "first epoch"
         ) from None

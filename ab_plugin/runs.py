@@ -13,8 +13,13 @@ Layout of ``--out DIR``::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
-from collections.abc import Callable, Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,8 @@ from .io import atomic_write, write_json
 from .search import AutoBalance, RunResult, retrain, train_baseline
 
 RESULT = "result.json"
+CONFIG = "config.yaml"
+POLICY = "policy.json"
 
 
 class RunFolderError(ValueError):
@@ -37,47 +44,154 @@ def load_bundle(cfg: Config, download: bool = False) -> DatasetBundle:
                           n_max=cfg.n_max, download=download, seed=cfg.seed)
 
 
-def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool, command: str) -> None:
-    """Create ``out`` or check that it holds the same run; save the resolved config."""
-    cfg_path = out / "config.yaml"
-    wanted = {"command": command, **cfg.to_dict()}
-    if cfg_path.exists():
-        try:
-            have = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError:
-            have = {}
-        if have != wanted and not overwrite:
-            if resume:
-                raise RunFolderError(
-                    f"run folder {out} holds a run with a different configuration: resume it with its own "
-                    "settings (`--resume` and no other options), or pass --overwrite"
-                )
+def check_inputs(cfg: Config, bundle: DatasetBundle) -> None:
+    """Everything a run needs that the config alone cannot tell (sharing size vs classes, the device, at
+    least two classes), checked before its folder is touched."""
+    from .losses import create_sharing
+    from .trainer import resolve_device
+
+    n = bundle.train.num_classes
+    if n < 2:
+        raise ValueError(f"dataset {cfg.dataset!r} has {n} class: imbalanced classification needs at least two")
+    create_sharing(cfg.sharing, bundle.train.class_counts())
+    resolve_device(cfg.device)
+
+
+def _saved(out: Path) -> dict[str, Any]:
+    """The raw ``config.yaml`` of a run folder ({} when there is none); a damaged file is a one-line error."""
+    path = out / CONFIG
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path} is damaged ({type(e).__name__}): restore it, or start the run anew in "
+                             "another --out (or with --overwrite)") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path} is damaged (not a mapping of keys): restore it, or start the run anew in "
+                             "another --out (or with --overwrite)")
+    return data
+
+
+def _started(out: Path) -> bool:
+    """Whether ``out`` holds anything worth keeping: a checkpoint or a result."""
+    return (out / RESULT).exists() or any(out.glob("*/checkpoint.pt")) or any(out.glob("*/result.json"))
+
+
+def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool, command: str,
+                       options: dict[str, Any] | None = None) -> Path | None:
+    """Check that ``out`` may take this run and save its resolved config (and run ``options``).
+
+    A folder whose run never reached a checkpoint counts as empty. With ``overwrite``, a different run is
+    moved aside to a hidden sibling folder, whose path is returned (``None`` when nothing was moved): the
+    caller deletes it once the new run has started, or moves it back (see :func:`run_folder`).
+    """
+    wanted = {"command": command, **({"options": options} if options else {}), **cfg.to_dict()}
+    have = _saved(out)
+    if have and not _started(out) and not resume:
+        have = {}  # a start that failed before its first checkpoint left nothing to keep
+    if have and options and "options" not in have:
+        have["options"] = options  # a folder saved before runs recorded their options
+    replace = False
+    if have and have != wanted:
+        if resume:
+            raise RunFolderError(
+                f"run folder {out} holds a run with a different configuration: resume it with its own "
+                "settings (`--resume` and no other options), or start it anew with --overwrite"
+            )
+        if not overwrite:
             raise RunFolderError(
                 f"run folder {out} already holds a different run: choose another --out, pass --resume to "
                 "continue it, or --overwrite to replace it"
             )
-        if not resume and not overwrite and (out / RESULT).exists():
+        replace = True
+    elif have and not resume:
+        if not overwrite and (out / RESULT).exists():
             raise RunFolderError(f"run folder {out} already holds a finished run: use another --out or --overwrite")
-        if overwrite:
-            for sub in out.glob("*/checkpoint.pt"):
-                sub.unlink()
-            for sub in out.glob("*/metrics.jsonl"):
-                sub.unlink()
-            for f in list(out.glob("*/result.json")) + [out / RESULT]:
-                f.unlink(missing_ok=True)
-    elif resume:
+        replace = overwrite
+    elif resume and not have:
         raise RunFolderError(f"nothing to resume in {out}: start the run without --resume")
+    aside = None
+    if replace:
+        aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        out.rename(aside)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(cfg_path, lambda f: yaml.safe_dump(wanted, f, sort_keys=True), mode="w")
+    atomic_write(out / CONFIG, lambda f: yaml.safe_dump(wanted, f, sort_keys=True), mode="w")
+    return aside
+
+
+@contextlib.contextmanager
+def lock_run_folder(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (a ``.NAME.lock`` file beside it, so replacing ``out`` keeps it);
+    a second writer gets a one-line :class:`RunFolderError`. The kernel drops the lock if the process dies."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f".{out.name}.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise RunFolderError(f"run folder {out} is in use by another ab-plugin run (pid {pid}): wait for it to "
+                                 "finish, or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_folder(out: str | Path, cfg: Config, *, command: str, resume: bool = False, overwrite: bool = False,
+               options: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Claim ``out`` for a run while the block runs: locked, checked, config saved.
+
+    A run replaced with ``overwrite`` is kept aside until the new one has written a checkpoint; if the
+    new run fails before that, the old run is put back untouched.
+    """
+    out = Path(out)
+    with lock_run_folder(out):
+        aside = prepare_run_folder(out, cfg, resume=resume, overwrite=overwrite, command=command, options=options)
+        try:
+            yield out
+        except BaseException as e:
+            started = _started(out)
+            if aside is not None and not started:
+                shutil.rmtree(out, ignore_errors=True)
+                aside.rename(out)
+                aside = None
+            if isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(
+                    f"stopped: the last finished epoch is saved in {out}; continue with --resume" if started else
+                    f"stopped before the first epoch finished: nothing of this run was saved in {out}"
+                ) from None
+            raise
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+
+
+def read_run(out: Path) -> tuple[str, dict[str, Any], Config]:
+    """``(command, options, config)`` saved in a run folder; a missing or damaged file is a one-line error."""
+    data = _saved(out)
+    if not data:
+        raise RunFolderError(f"{out} is not a run folder (no config.yaml): pass the --out folder of a run")
+    command = data.pop("command", "search")
+    options = data.pop("options", None) or {}
+    try:
+        return command, options, Config.from_dict(data)
+    except ValueError as e:
+        raise RunFolderError(f"{out / CONFIG} is damaged ({e})") from None
 
 
 def read_run_config(out: Path) -> tuple[str, Config]:
-    path = out / "config.yaml"
-    if not path.exists():
-        raise RunFolderError(f"{out} is not a run folder (no config.yaml): pass the --out folder of a run")
-    data = yaml.safe_load(path.read_text()) or {}
-    command = data.pop("command", "search")
-    return command, Config.from_dict(data)
+    command, _, cfg = read_run(out)
+    return command, cfg
 
 
 def run_stage(out: Path, name: str, run: Callable[[Path, bool], RunResult]) -> RunResult:
@@ -116,11 +230,18 @@ def run_baseline(out: Path, name: str, cfg: Config, bundle: DatasetBundle,
         name, bundle, cfg, run_dir=d, resume=r, callbacks=callbacks))}
 
 
-def summarize(out: Path, results: dict[str, RunResult]) -> dict[str, Any]:
-    """Write ``result.json`` (α*, metrics of the final model) and return it."""
-    final = results.get("retrain") or results.get("search") or next(iter(results.values()))
-    summary = {
-        "final": next(k for k, v in results.items() if v is final),
+def final_stage(results: dict[str, RunResult]) -> str:
+    """The stage whose model a run reports: retrain, else search, else the first one."""
+    return next((k for k in ("retrain", "search") if k in results), next(iter(results)))
+
+
+def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
+    """A run's summary: α*, metrics of the final model (test balanced error under ``balanced_error``),
+    per-stage times and skipped-step counts."""
+    final_name = final_stage(results)
+    final = results[final_name]
+    return {
+        "final": final_name,
         "classes": final.classes,
         "class_counts": final.class_counts,
         "alpha": final.alpha,
@@ -130,18 +251,37 @@ def summarize(out: Path, results: dict[str, RunResult]) -> dict[str, Any]:
         "balanced_error": (final.test_metrics or {}).get("balanced_error"),
         "stages": {k: {"method": v.method, "seconds": v.seconds, "test_metrics": v.test_metrics,
                        "val_metrics": v.val_metrics, "hyper_steps": v.hyper_steps,
-                       "skipped_steps": v.skipped_steps, "skipped_hyper_steps": v.skipped_hyper_steps}
+                       "skipped_steps": v.skipped_steps, "skipped_hyper_steps": v.skipped_hyper_steps,
+                       "steps": v.steps}
                    for k, v in results.items()},
     }
+
+
+def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any], list[Path]]:
+    """Write a run's outputs into ``out``: ``result.json`` (see :func:`summarize`), ``policy.json`` (the
+    final α and augmentation, validation metrics of the search) and the plots; returns the summary and the
+    plot paths. ``policy.json`` is written last, so a folder holding one holds a finished run."""
+    from .policies import PolicyFileError, policy_from_dict, save_policy
+
+    summary = summarize(results)
+    policy = dataclasses.replace(results[summary["final"]], val_metrics=summary["val_metrics"]).to_policy()
+    try:
+        policy_from_dict(policy.to_dict(), str(out / POLICY))
+    except PolicyFileError as e:
+        raise RuntimeError(f"the run in {out} ended with values a policy cannot hold ({e}); its checkpoints are "
+                           "kept: lower --lr / --upper-lr and start again with --overwrite") from None
+    plots = write_plots(out, results)
     write_json(out / RESULT, summary)
-    return summary
+    save_policy(out / POLICY, policy)
+    return summary, plots
 
 
 def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
     from .report import plot_alpha_trajectory, plot_alpha_vs_frequency, plot_per_class_error
 
     paths = []
-    final = results.get("retrain") or results.get("search") or next(iter(results.values()))
+    final = results[final_stage(results)]
+
     def label(name: str) -> str:
         return "AutoBalance" if name == "retrain" else name.removeprefix("baseline-").upper()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,16 @@ from .hypergrad import create_engine
 from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
 from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
-from .policies import ClassPolicy, create_policy, policy_from_module
+from .policies import (
+    FORMAT_VERSION,
+    LOSS_KEYS,
+    ClassPolicy,
+    PolicyFile,
+    create_policy,
+    make_provenance,
+    policy_from_module,
+    save_policy,
+)
 from .trainer import HyperSetup, Trainer
 
 
@@ -35,6 +45,7 @@ class RunResult:
     val_metrics: dict[str, Any] | None = None
     test_metrics: dict[str, Any] | None = None
     seconds: float = 0.0
+    steps: int = 0  # lower-level steps taken, skipped ones included
     hyper_steps: int = 0
     skipped_steps: int = 0
     skipped_hyper_steps: int = 0
@@ -46,8 +57,36 @@ class RunResult:
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
+    def to_policy(self) -> PolicyFile:
+        """α and the per-class augmentation as a :class:`~ab_plugin.policies.PolicyFile` (with provenance)."""
+        cfg = self.config
+        return PolicyFile(
+            version=FORMAT_VERSION,
+            classes=list(self.classes),
+            class_counts=list(self.class_counts),
+            loss={k: list(self.alpha[k]) for k in LOSS_KEYS},
+            augmentation=self.augmentation,
+            provenance=make_provenance(
+                **{k: cfg.get(k) for k in _PROVENANCE_KEYS},
+                val_metrics=_headline(self.val_metrics), test_metrics=_headline(self.test_metrics)),
+        )
 
-SearchResult = RunResult
+    def save_policy(self, path: str | Path) -> None:
+        """Write :meth:`to_policy` as a policy file (validated, atomic); ``ab-plugin retrain`` / ``show`` read it."""
+        save_policy(path, self.to_policy())
+
+
+_PROVENANCE_KEYS = ("dataset", "imbalance", "n_max", "backbone", "epochs", "seed", "engine", "init", "sharing",
+                    "augment")
+
+
+def _headline(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The three headline metrics; a non-finite one (a diverged model) becomes ``None`` (JSON has no NaN)."""
+    if m is None:
+        return None
+    return {k: m[k] if math.isfinite(m[k]) else None
+            for k in ("accuracy", "balanced_error", "worst_class_error") if k in m}
+
 
 
 def _needs_groups(cfg: Config, data: ImageData) -> None:
@@ -78,6 +117,7 @@ def _finish(trainer: Trainer, kind: str, method: str, data: ImageData, test: Ima
         val_metrics=trainer.evaluate(val).to_dict() if val is not None else None,
         test_metrics=trainer.evaluate(test).to_dict() if test is not None else None,
         seconds=st.seconds,
+        steps=st.step,
         hyper_steps=st.hyper_steps,
         skipped_steps=st.skipped_steps,
         skipped_hyper_steps=st.skipped_hyper_steps,
@@ -128,12 +168,14 @@ class AutoBalance:
 def fixed_loss_from_alpha(alpha: dict[str, Sequence[float]]) -> ParametricCrossEntropy:
     """A non-learnable loss with the given per-class vectors (what a retrain uses)."""
     n = len(alpha["logit_bias"])
-    return ParametricCrossEntropy(
-        n,
-        class_weight=torch.tensor(alpha["class_weight"]) if "class_weight" in alpha else None,
-        logit_bias=torch.tensor(alpha["logit_bias"]),
-        logit_scale=torch.tensor(alpha["logit_scale"]) if "logit_scale" in alpha else None,
-    )
+    values = {k: torch.tensor(alpha[k], dtype=torch.float32) for k in LOSS_KEYS if k in alpha}
+    for k, v in values.items():
+        if not bool(torch.isfinite(v).all()):
+            i = int((~torch.isfinite(v)).nonzero()[0])
+            raise ValueError(f"{k}[{i}] = {alpha[k][i]!r} is out of float32 range (|value| <= 3.4e38): training "
+                             "with it would skip every step; use a policy with ordinary values")
+    return ParametricCrossEntropy(n, class_weight=values.get("class_weight"), logit_bias=values["logit_bias"],
+                                  logit_scale=values.get("logit_scale"))
 
 
 def retrain(

@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import Config
 from .data import ImageData, TensorLoader, normalize
+from .evaluation import metrics_of, predict
 from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, frozen_norm_stats
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
@@ -180,25 +181,13 @@ class Trainer:
         with frozen_norm_stats(self.model), self._autocast():
             return self.features(self._prepare(x, y, True)).float()
 
-    @torch.no_grad()
     def predict(self, data: ImageData, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, C]`` and features ``[N, D]`` of ``data`` in eval mode (no augmentation)."""
-        was = self.model.training
-        self.model.eval()
-        logits, feats = [], []
-        loader = TensorLoader(data, batch_size, shuffle=False, device=self.device)
-        for x, _, _ in loader:
-            with self._autocast():
-                f = self.features(self._prepare(x, None, False))
-                logits.append(self.classifier(f).float())
-            feats.append(f.float())
-        self.model.train(was)
-        return torch.cat(logits), torch.cat(feats)
+        return predict(self.model, data, mean=self.mean, std=self.std, device=self.device, batch_size=batch_size,
+                       channels_last=self.cfg.channels_last, amp=self._amp)
 
     def evaluate(self, data: ImageData) -> Metrics:
-        logits, _ = self.predict(data)
-        groups = data.groups.to(self.device) if data.groups is not None else None
-        return compute_metrics(logits, data.targets.to(self.device), data.num_classes, groups)
+        return metrics_of(self.predict(data)[0], data)
 
     # the loop -----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainState:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ab_plugin.evaluation import predict_batches
 from ab_plugin.objectives import Metrics, compute_metrics
 
 __all__ = ["evaluate_metrics", "predict_logits"]
 
 
-@torch.no_grad()
 def predict_logits(
     model: nn.Module, loader: Iterable[Sequence[Tensor]], device: torch.device | str | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -21,18 +21,15 @@ def predict_logits(
     Every submodule's train/eval mode is restored afterwards.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    logits, labels = [], []
-    try:
+    labels: list[Tensor] = []
+
+    def inputs() -> Iterator[Tensor]:
         for batch in loader:
-            x, y = batch[0], batch[1]
-            logits.append(model(x.to(dev, non_blocking=True)).float().cpu())
-            labels.append(torch.as_tensor(y).cpu())
-    finally:
-        for m, training in modes:
-            m.training = training
-    return torch.cat(logits), torch.cat(labels)
+            labels.append(torch.as_tensor(batch[1]).cpu())
+            yield batch[0]
+
+    logits, _ = predict_batches(model, inputs(), device=dev, features=False)
+    return logits.cpu(), torch.cat(labels)
 
 
 def evaluate_metrics(

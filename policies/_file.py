@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +54,9 @@ LOSS_KEYS: tuple[str, ...] = ("class_weight", "logit_bias", "logit_scale")
 _TOP_KEYS: tuple[str, ...] = ("version", "classes", "class_counts", "loss", "augmentation", "provenance")
 _AUG_KEYS: tuple[str, ...] = ("ops", "per_class", "crop_flip")
 _REEXPORT = "re-export it with `ab-plugin export`"
+#: Largest policy file read (bytes): room for tens of thousands of classes, and a bound on the memory a
+#: hostile or mistaken file can take while it is parsed.
+MAX_POLICY_BYTES = 16 << 20
 
 
 class PolicyFileError(ValueError):
@@ -257,6 +259,11 @@ def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
     )
 
 
+def _too_big(source: str, size: int) -> PolicyFileError:
+    return _err(source, f"is {size / (1 << 20):.1f} MiB, over the {MAX_POLICY_BYTES >> 20} MiB limit of a policy file",
+                "pass a policy file (a few KiB per hundred classes)")
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
@@ -268,6 +275,8 @@ def parse_policy(text: str | bytes, source: str = "<string>") -> PolicyFile:
         PolicyFileError: malformed or truncated JSON, non-finite numbers (``NaN``, ``Infinity``) or any
             validation error of :func:`policy_from_dict`.
     """
+    if len(text) > MAX_POLICY_BYTES:
+        raise _too_big(source, len(text))
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -299,20 +308,11 @@ def save_policy(path: str | os.PathLike[str], policy: PolicyFile) -> None:
     Raises:
         PolicyFileError: the policy is invalid (nothing is written).
     """
+    from ab_plugin.io import atomic_write
+
     path = Path(path)
-    checked = policy_from_dict(policy.to_dict(), str(path))
-    text = _json_text(checked)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = _json_text(policy_from_dict(policy.to_dict(), str(path)))
+    atomic_write(path, lambda f: f.write(text), mode="w", encoding="utf-8")
 
 
 def load_policy(path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathLike[str] | None = None) -> PolicyFile:
@@ -341,6 +341,8 @@ def load_policy(path_or_name: str | os.PathLike[str], *, zoo_dir: str | os.PathL
             )
         p = candidate
     try:
+        if p.stat().st_size > MAX_POLICY_BYTES:
+            raise _too_big(str(p), p.stat().st_size)
         raw = p.read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"policy file {s} does not exist; check the path or export one") from None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._registry import Registry
 from ._imagefolder import (
     FileSource,
     ImageFolderError,
@@ -57,22 +58,17 @@ class DatasetBuilder(Protocol):
     ) -> DatasetBundle: ...
 
 
-_REGISTRY: dict[str, DatasetBuilder] = {}
+_DATASETS: Registry[DatasetBundle] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator registering a builder under ``name`` for :func:`create_dataset` (overwrites silently)."""
-
-    def deco(fn: DatasetBuilder) -> DatasetBuilder:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    """Decorator registering a builder under ``name`` for :func:`create_dataset`."""
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`create_dataset`; ``imagefolder:<path>`` stands for any ImageFolder tree."""
-    return sorted(_REGISTRY) + [f"{_IMAGEFOLDER}:<path>"]
+    """Names accepted by :func:`create_dataset`; ``imagefolder`` takes a path (``imagefolder:PATH``)."""
+    return _DATASETS.names()
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -414,6 +410,18 @@ def load_imagefolder(
     return DatasetBundle(label, train, test, _rgb3(mean), _rgb3(std), meta)
 
 
+@register_dataset(_IMAGEFOLDER)
+def _build_imagefolder(
+    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    if not data_dir:
+        raise ValueError("imagefolder needs a path: use 'imagefolder:PATH' or pass data_dir=PATH")
+    long_tail_counts(1, 1, imbalance, profile)  # validate the arguments before touching the disk
+    return load_imagefolder(os.path.expanduser(data_dir), imbalance=imbalance, profile=profile, n_max=n_max,
+                            image_size=image_size, name=f"{_IMAGEFOLDER}:{data_dir}")
+
+
 # ------------------------------------------------------------------------------------------- factory
 
 
@@ -461,30 +469,16 @@ def create_dataset(
     Raises:
         ValueError: unknown name (listing the known ones), missing data, bad long-tail arguments.
     """
-    size = _as_size(image_size)
-    kind, _, path = name.partition(":")
-    if kind == _IMAGEFOLDER:
-        location = path or data_dir
-        if not location:
-            raise ValueError("imagefolder needs a path: use 'imagefolder:PATH' or pass data_dir=PATH")
-        long_tail_counts(1, 1, imbalance, profile)  # validate the arguments before touching the disk
-        return load_imagefolder(
-            os.path.expanduser(location),
-            imbalance=imbalance,
-            profile=profile,
-            n_max=n_max,
-            image_size=size,
-            name=name if path else f"{_IMAGEFOLDER}:{location}",
-        )
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
-    return builder(
-        data_dir=data_dir,
+    kind, path = _DATASETS.split(name)
+    if path is not None and kind != _IMAGEFOLDER:
+        raise ValueError(f"dataset {kind!r} takes no ':' argument (only imagefolder:PATH does), got {name!r}")
+    return _DATASETS.create(
+        kind,
+        data_dir=path or data_dir,
         imbalance=imbalance,
         profile=profile,
         n_max=n_max,
         download=download,
         seed=seed,
-        image_size=size,
+        image_size=_as_size(image_size),
     )

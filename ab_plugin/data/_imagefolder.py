@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import posixpath
+import re
 import threading
 import zipfile
 from bisect import bisect_left
@@ -279,7 +280,7 @@ def _open_rgb(source: FileSource, rel: str, size: tuple[int, int] | None) -> np.
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - any decoder failure becomes one clear error
-        raise ImageFolderError(f"cannot read image {source.display(rel)}: {exc}") from exc
+        raise _unreadable(source, rel, exc) from exc
 
 
 def image_size_of(source: FileSource, rel: str) -> tuple[int, int]:
@@ -290,7 +291,16 @@ def image_size_of(source: FileSource, rel: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(source.read(rel))) as img:
             return img.height, img.width
     except Exception as exc:  # noqa: BLE001
-        raise ImageFolderError(f"cannot read image {source.display(rel)}: {exc}") from exc
+        raise _unreadable(source, rel, exc) from exc
+
+
+def _unreadable(source: FileSource, rel: str, exc: Exception) -> ImageFolderError:
+    """One line naming the file; PIL's own message names its in-memory buffer object, not the file."""
+    if type(exc).__name__ == "UnidentifiedImageError":
+        why = "not an image format PIL can decode (truncated, empty or not an image)"
+    else:
+        why = re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", str(exc)).strip() or type(exc).__name__
+    return ImageFolderError(f"cannot read image {source.display(rel)}: {why}; fix or remove it")
 
 
 def decode_images(

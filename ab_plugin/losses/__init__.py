@@ -28,6 +28,7 @@ from ._sharing import (
     fit_basis,
     frequency_dictionary,
     frequency_groups,
+    list_sharings,
     per_class,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "ldam_margins",
     "list_inits",
     "list_losses",
+    "list_sharings",
     "log_prior",
     "parametric_cross_entropy",
     "per_class",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._registry import Registry
 from ._functional import Counts, _as_counts
 
 Link = Callable[[torch.Tensor], torch.Tensor]
@@ -164,19 +165,27 @@ def frequency_dictionary(counts: Counts, size: int = 3, kind: str = "poly") -> S
     return Sharing(basis, f"dictionary-{kind}")
 
 
+SHARINGS: Registry[Sharing] = Registry("sharing")
+SHARINGS.register("per_class", lambda counts, size: per_class(len(_as_counts(counts))))
+SHARINGS.register("groups", frequency_groups)
+SHARINGS.register("poly", lambda counts, size: frequency_dictionary(counts, size, "poly"))
+SHARINGS.register("hat", lambda counts, size: frequency_dictionary(counts, size, "hat"))
+
+
 def create_sharing(spec: str, counts: Counts) -> Sharing:
-    """Parse a sharing spec: ``per_class``, ``groups:K``, ``poly:K`` or ``hat:K``."""
-    name, _, arg = spec.partition(":")
-    n = len(_as_counts(counts))
+    """Parse a sharing spec: ``per_class``, ``groups:K``, ``poly:K`` or ``hat:K`` (``K`` >= 1, default 3)."""
+    name, arg = SHARINGS.split(spec)
     try:
         k = int(arg) if arg else 3
     except ValueError:
         raise ValueError(f"bad sharing spec {spec!r}: the size after ':' must be an integer") from None
-    if name == "per_class":
-        return per_class(n)
-    if name == "groups":
-        return frequency_groups(counts, k)
-    if name in ("poly", "hat"):
-        return frequency_dictionary(counts, k, name)
-    raise ValueError(f"unknown sharing {spec!r}: use per_class, groups:K, poly:K or hat:K")
+    if k < 1:
+        raise ValueError(f"bad sharing spec {spec!r}: the size after ':' must be >= 1 (e.g. {name}:3)")
+    if name == "per_class" and arg:
+        raise ValueError(f"bad sharing spec {spec!r}: per_class takes no size (every class has its own value)")
+    return SHARINGS.create(name, counts, k)
 
+
+def list_sharings() -> list[str]:
+    """Sharing names; all but ``per_class`` take a size ``:K``."""
+    return SHARINGS.names()

@@ -114,3 +114,13 @@ def test_help_has_examples():
         res = _run([cmd, "--help"])
         assert "Usage" in res.output
     assert "Examples" in _run(["search", "--help"]).output
+
+
+def test_option_help_and_baseline_choices_come_from_the_registries():
+    from ab_plugin.hypergrad import list_engines
+    from ab_plugin.losses import list_losses, list_sharings
+
+    text = " ".join(_run(["search", "--help"]).output.split())
+    assert f"one of {', '.join(list_engines())}" in text and f"one of {', '.join(list_sharings())}" in text
+    res = CliRunner().invoke(main, ["baseline", "magic"])
+    assert res.exit_code == 2 and all(n in res.output for n in list_losses() if n != "autobalance")

@@ -218,3 +218,17 @@ def test_real_cifar10_jpeg_archive(tmp_path: Path) -> None:
     assert b.train.class_counts().tolist() == [4, 2] and b.train.images.shape[1:] == (3, 32, 32)
     ref = np.asarray(Image.open(tmp_path / "train" / "cat" / "0001.jpg").convert("RGB"))
     assert torch.equal(b.train.images[5].permute(1, 2, 0), torch.from_numpy(ref.copy()))
+
+
+def test_datasets_use_the_registry_idiom():
+    from ab_plugin._registry import Registry
+    from ab_plugin.data import _datasets, create_dataset, list_datasets, register_dataset
+
+    assert isinstance(_datasets._DATASETS, Registry)
+    assert list_datasets() == ["digits-lt", "digits-lt-groups", "cifar10-lt", "cifar100-lt", "imagefolder"]
+    with pytest.raises(ValueError, match="unknown dataset 'mnist': choose from digits-lt"):
+        create_dataset("mnist")
+    with pytest.raises(ValueError, match="takes no ':' argument"):
+        create_dataset("digits-lt:3")
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset("digits-lt")(lambda **kw: None)

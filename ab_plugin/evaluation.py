@@ -1,0 +1,99 @@
+"""Prediction and imbalance metrics of a trained classifier: the functional core behind ``Trainer.predict``,
+``ab-plugin evaluate`` and the integrations' evaluation helpers.
+
+Every function runs the model in eval mode without gradients and restores each submodule's train/eval
+mode afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .data import ImageData, TensorLoader, normalize
+from .models import split_model
+from .objectives import Metrics, compute_metrics
+
+__all__ = ["predict", "predict_batches", "evaluate", "metrics_of"]
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module,
+    inputs: Iterable[Tensor],
+    *,
+    device: torch.device | str,
+    channels_last: bool = False,
+    amp: bool = False,
+    features: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Logits ``[N, C]`` and, with ``features``, penultimate features ``[N, D]`` (both float32, on ``device``)
+    of model-ready input batches ``[B, 3, H, W]``; ``amp`` runs bfloat16 autocast on CUDA only."""
+    device = torch.device(device)
+    head = split_model(model) if features else None
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    logits, feats = [], []
+    try:
+        for x in inputs:
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                if head is None:
+                    logits.append(model(x).float())
+                    continue
+                f = head[0](x)
+                logits.append(head[1](f).float())
+            feats.append(f.float())
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not logits:
+        raise ValueError("nothing to predict: the data holds no images")
+    return torch.cat(logits), (torch.cat(feats) if feats else None)
+
+
+def _prepared(data: ImageData, mean: Sequence[float], std: Sequence[float], device: torch.device,
+              batch_size: int) -> Iterator[Tensor]:
+    for x, _, _ in TensorLoader(data, batch_size, shuffle=False, device=device):
+        x01 = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        yield normalize(x01, mean, std)
+
+
+def predict(
+    model: nn.Module,
+    data: ImageData,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str,
+    batch_size: int = 512,
+    channels_last: bool = False,
+    amp: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Logits ``[N, C]`` and features ``[N, D]`` (float32, on ``device``) of ``data``'s images (uint8 scaled
+    to ``[0, 1]``, then normalised with the per-channel ``mean`` / ``std``), without augmentation."""
+    device = torch.device(device)
+    logits, feats = predict_batches(model, _prepared(data, mean, std, device, batch_size), device=device,
+                                    channels_last=channels_last, amp=amp)
+    assert feats is not None
+    return logits, feats
+
+
+def metrics_of(logits: Tensor, data: ImageData) -> Metrics:
+    """Accuracy, balanced, worst-class, per-class (and, with groups, per-group) error of ``logits [N, C]``
+    against ``data``'s labels."""
+    groups = data.groups.to(logits.device) if data.groups is not None else None
+    return compute_metrics(logits, data.targets.to(logits.device), data.num_classes, groups)
+
+
+def evaluate(model: nn.Module, data: ImageData, *, mean: Sequence[float], std: Sequence[float],
+             device: torch.device | str, batch_size: int = 512, channels_last: bool = False,
+             amp: bool = False) -> Metrics:
+    """:func:`predict` then :func:`metrics_of`."""
+    logits, _ = predict(model, data, mean=mean, std=std, device=device, batch_size=batch_size,
+                        channels_last=channels_last, amp=amp)
+    return metrics_of(logits, data)

@@ -98,6 +98,8 @@ def _needs_groups(cfg: Config, data: ImageData) -> None:
 
 
 def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
+    """A fresh backbone, seeded so that every method of one seed starts from the same weights."""
+    torch.manual_seed(cfg.seed)
     return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD)
 
 
@@ -151,7 +153,6 @@ class AutoBalance:
         policy = (create_policy("learned", train.num_classes, basis=basis) if cfg.augment == "learned"
                   else create_policy(cfg.augment, train.num_classes))
         upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
-        torch.manual_seed(cfg.seed)
         model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
         self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                                upper=upper, test=bundle.test, run_dir=run_dir, callbacks=callbacks)
@@ -205,7 +206,6 @@ def retrain(
         policy.load_per_class(augmentation["per_class"])
     else:
         policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, n)
-    torch.manual_seed(cfg.seed)
     model = model if model is not None else _model(cfg, n, "retrain")
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       test=bundle.test, run_dir=run_dir, callbacks=callbacks)
@@ -227,7 +227,6 @@ def train_baseline(
     counts = bundle.train.class_counts()
     loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
     policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, bundle.train.num_classes)
-    torch.manual_seed(cfg.seed)
     model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       test=bundle.test, run_dir=run_dir, callbacks=callbacks)

@@ -226,7 +226,7 @@ def test_datasets_use_the_registry_idiom():
 
     assert isinstance(_datasets._DATASETS, Registry)
     assert list_datasets() == ["digits-lt", "digits-lt-groups", "cifar10-lt", "cifar100-lt", "imagefolder"]
-    with pytest.raises(ValueError, match="unknown dataset 'mnist': choose from digits-lt"):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist': choose from 'digits-lt'"):
         create_dataset("mnist")
     with pytest.raises(ValueError, match="takes no ':' argument"):
         create_dataset("digits-lt:3")

@@ -181,7 +181,7 @@ class CifarResNet(nn.Module):
         w1, w2, w3 = widths
         self.conv1 = nn.Conv2d(in_chans, w1, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w1)
-        self.act1 = nn.ReLU(inplace=True)  # a module, so timm's feature extractors replay the stem exactly
+        self.act1 = nn.ReLU()  # a module, so timm's feature extractors replay the stem exactly
         self._in_planes = w1
         rates = torch.linspace(0, drop_path_rate, 3 * num_blocks).tolist()
         self.layer1 = self._make_layer(w1, num_blocks, 1, shortcut, rates[:num_blocks])

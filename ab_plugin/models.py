@@ -7,10 +7,13 @@ average pooling and a linear (or cosine, :class:`NormedLinear`) classifier; dept
 zero-pad channels, the default, as in the reference code) or ``"B"`` (1x1 conv + BN). Kaiming-normal
 initialisation of conv and linear weights.
 
-They are registered in timm as ``resnet20_cifar`` ... ``resnet110_cifar`` (``timm.create_model(
-"resnet32_cifar", num_classes=10)`` works once :mod:`ab_plugin.models` is imported); our CLI and
-:func:`create_backbone` also accept the short names ``resnet20`` ... ``resnet110``. The ``_cifar`` suffix
-keeps the registry unambiguous next to timm's ImageNet ResNets (``resnet18``, ``resnet32ts``, ...).
+They are built the timm way (``build_model_with_cfg`` with a pretrained cfg per variant, so
+``features_only=True``, ``out_indices``, ``drop_rate`` and ``drop_path_rate`` work as for timm's own models)
+and registered in timm's registry as ``resnet20_cifar`` ... ``resnet110_cifar``: ``timm.create_model(
+"resnet32_cifar", num_classes=10)`` works once this module is imported, which is what timm's ``train.py``
+does with ``--device-modules ab_plugin.models`` (it imports each named module before creating the model).
+Our CLI and :func:`create_backbone` also accept the short names ``resnet20`` ... ``resnet110``. The
+``_cifar`` suffix keeps the registry unambiguous next to timm's ImageNet ResNets (``resnet18``, ...).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.models import generate_default_cfgs, register_model
+from timm.layers import DropPath
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
 
 __all__ = [
@@ -102,13 +106,16 @@ class _ShortcutA(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``; ``[B, in_planes, H, W] -> [B, planes,
-    H / stride, W / stride]``."""
+    """``relu(drop_path(bn(conv3x3(relu(bn(conv3x3(x)))))) + shortcut(x))``; ``[B, in_planes, H, W] -> [B,
+    planes, H / stride, W / stride]``. ``drop_path``: stochastic-depth rate of the residual branch."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A") -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A", drop_path: float = 0.0
+    ) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
@@ -129,11 +136,11 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet with timm's model interface.
+    """CIFAR ResNet with timm's model interface (build it with ``timm.create_model`` or :func:`create_backbone`).
 
     Args:
         num_blocks: basic blocks per stage ``n`` (depth ``6n + 2``).
@@ -142,10 +149,14 @@ class CifarResNet(nn.Module):
         normed_head: cosine classifier (:class:`NormedLinear`) instead of ``nn.Linear``.
         shortcut: ``"A"`` (zero-pad, reference) or ``"B"`` (1x1 conv projection).
         drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this at the last.
+        widths: channels of the 3 stages.
+        device, dtype: where the parameters are created.
 
     Shapes: ``forward_features``: ``[B, in_chans, H, W] -> [B, 64, H/4, W/4]``; ``forward_head``:
     ``-> [B, num_classes]`` (``[B, 64]`` with ``pre_logits=True``); ``forward``: ``-> [B, num_classes]``.
-    Works with ``channels_last`` inputs and weights.
+    ``feature_info``: ``layer1`` / ``layer2`` / ``layer3`` (reductions 1 / 2 / 4), the feature maps
+    ``features_only=True`` returns. Works with ``channels_last`` inputs and weights.
     """
 
     def __init__(
@@ -157,7 +168,10 @@ class CifarResNet(nn.Module):
         normed_head: bool = False,
         shortcut: str = "A",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         widths: tuple[int, int, int] = (16, 32, 64),
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -167,10 +181,12 @@ class CifarResNet(nn.Module):
         w1, w2, w3 = widths
         self.conv1 = nn.Conv2d(in_chans, w1, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w1)
+        self.act1 = nn.ReLU()  # a module, so timm's feature extractors replay the stem exactly
         self._in_planes = w1
-        self.layer1 = self._make_layer(w1, num_blocks, 1, shortcut)
-        self.layer2 = self._make_layer(w2, num_blocks, 2, shortcut)
-        self.layer3 = self._make_layer(w3, num_blocks, 2, shortcut)
+        rates = torch.linspace(0, drop_path_rate, 3 * num_blocks).tolist()
+        self.layer1 = self._make_layer(w1, num_blocks, 1, shortcut, rates[:num_blocks])
+        self.layer2 = self._make_layer(w2, num_blocks, 2, shortcut, rates[num_blocks:2 * num_blocks])
+        self.layer3 = self._make_layer(w3, num_blocks, 2, shortcut, rates[2 * num_blocks:])
         self.num_features = self.head_hidden_size = w3
         self.feature_info = [
             {"num_chs": w1, "reduction": 1, "module": "layer1"},
@@ -178,22 +194,16 @@ class CifarResNet(nn.Module):
             {"num_chs": w3, "reduction": 4, "module": "layer3"},
         ]
         self.fc = self._make_head(num_classes)
-        self.pretrained_cfg: dict[str, Any] = _cfg(num_classes=num_classes)
         self.apply(_kaiming_init)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
-    @property
-    def default_cfg(self) -> dict[str, Any]:
-        """Alias of ``pretrained_cfg`` (older timm name)."""
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict[str, Any]) -> None:
-        self.pretrained_cfg = cfg
-
-    def _make_layer(self, planes: int, n: int, stride: int, shortcut: str) -> nn.Sequential:
+    def _make_layer(
+        self, planes: int, n: int, stride: int, shortcut: str, drop_paths: list[float]
+    ) -> nn.Sequential:
         layers = []
-        for s in [stride] + [1] * (n - 1):
-            layers.append(BasicBlock(self._in_planes, planes, s, shortcut))
+        for s, dp in zip([stride] + [1] * (n - 1), drop_paths, strict=True):
+            layers.append(BasicBlock(self._in_planes, planes, s, shortcut, dp))
             self._in_planes = planes
         return nn.Sequential(*layers)
 
@@ -217,7 +227,6 @@ class CifarResNet(nn.Module):
         self.fc = self._make_head(num_classes).to(device=p.device, dtype=p.dtype)
         if isinstance(self.fc, nn.Linear):
             nn.init.kaiming_normal_(self.fc.weight)
-        self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each stage in the backward pass to save memory (timm interface)."""
@@ -225,7 +234,7 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, 64, H/4, W/4]`` feature map."""
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act1(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
@@ -250,58 +259,56 @@ def _kaiming_init(m: nn.Module) -> None:
         nn.init.kaiming_normal_(m.weight)
 
 
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
-def _create_cifar_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    for key in _TIMM_ONLY_KWARGS:
-        kwargs.pop(key, None)
+def _create_cifar_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     if pretrained:
         raise ValueError(f"no pretrained weights for {name}: pass pretrained=False")
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    model = CifarResNet(CIFAR_DEPTHS[name], **kwargs)
-    model.pretrained_cfg["architecture"] = f"{name}_cifar"
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
-    return model
+    return build_model_with_cfg(
+        CifarResNet,
+        f"{name}_cifar",
+        pretrained,
+        num_blocks=CIFAR_DEPTHS[name],
+        feature_cfg={"out_indices": (0, 1, 2)},
+        **kwargs,
+    )
 
 
 @register_model
-def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-20 for CIFAR (3 x 3 basic blocks, ~0.27 M parameters)."""
     return _create_cifar_resnet("resnet20", pretrained, **kwargs)
 
 
 @register_model
-def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-32 for CIFAR (3 x 5 basic blocks, ~0.46 M parameters)."""
     return _create_cifar_resnet("resnet32", pretrained, **kwargs)
 
 
 @register_model
-def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-44 for CIFAR (3 x 7 basic blocks, ~0.66 M parameters)."""
     return _create_cifar_resnet("resnet44", pretrained, **kwargs)
 
 
 @register_model
-def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-56 for CIFAR (3 x 9 basic blocks, ~0.85 M parameters)."""
     return _create_cifar_resnet("resnet56", pretrained, **kwargs)
 
 
 @register_model
-def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-110 for CIFAR (3 x 18 basic blocks, ~1.7 M parameters)."""
     return _create_cifar_resnet("resnet110", pretrained, **kwargs)
 
 
-def list_backbones(include_timm: bool = False) -> list[str]:
-    """Our CIFAR ResNet names (``resnet20`` ... ``resnet110``); with ``include_timm`` also every timm name."""
-    names = list(CIFAR_DEPTHS)
-    if include_timm:
-        names += [n for n in timm.list_models() if n not in names]
-    return names
+def list_backbones() -> list[str]:
+    """Short names of the CIFAR ResNets in timm's registry (``resnet20`` ... ``resnet110``), shallowest first.
+
+    Any other timm model name (``timm.list_models()``) is accepted as a backbone too.
+    """
+    names = [n.removesuffix("_cifar") for n in timm.list_models("resnet*_cifar")]
+    return sorted(names, key=lambda n: int(n.removeprefix("resnet")))
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -326,8 +333,8 @@ def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, *
         A module with timm's interface (``forward_features``, ``forward_head``, ``get_classifier``).
         Input ``[B, 3, H, W]`` float, normalised; output ``[B, num_classes]`` logits.
     """
-    short = name[: -len("_cifar")] if name.endswith("_cifar") else name
-    if short in CIFAR_DEPTHS:
+    short = name.removesuffix("_cifar")
+    if short in list_backbones():
         return timm.create_model(f"{short}_cifar", num_classes=num_classes, normed_head=normed_head, **kwargs)
     if not timm.is_model(name):
         raise ValueError(

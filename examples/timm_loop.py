@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     start_epoch, num_updates = 0, 0
     if args.resume and args.checkpoint is not None and args.checkpoint.is_file():
-        ck = torch.load(args.checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
+        ck = torch.load(args.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(ck["state_dict"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        ema.load_state_dict(ck["ema"])
+        ema.module.load_state_dict(ck["state_dict_ema"])
         callback.load_state_dict(ck["autobalance"])  # α, the upper optimizer, counters
         start_epoch, num_updates = ck["epoch"], ck["num_updates"]
         print(f"resumed at epoch {start_epoch} with hyper-steps {callback.criterion.hyper_steps}")
@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"epoch {epoch + 1}/{epochs}: loss {float(out['loss'].detach()):.3f}  EMA test balanced error "
               f"{m.balanced_error:.3f}  hyper-steps {record['hyper_steps']}", flush=True)
         if args.checkpoint is not None:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "ema": ema.state_dict(),
+            # timm's checkpoint keys: timm's load_checkpoint(model, path, use_ema=True) finds the EMA weights
+            torch.save({"state_dict": model.state_dict(), "state_dict_ema": ema.module.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "autobalance": callback.state_dict(), "epoch": epoch + 1, "num_updates": num_updates},
                        args.checkpoint)
     callback.on_train_end()

@@ -8,9 +8,11 @@ The smallest integration is the criterion alone::
     loss = criterion(model(x), y)          # in your loop; α is tuned every `interval` calls
 
 - :class:`AutoBalanceCriterion`: the self-tuning parametric cross-entropy (any loop).
-- timm: :class:`AutoBalanceTimmCallback`, :func:`train_timm`, :class:`TimmRun`.
+- timm: :class:`AutoBalanceTimmCallback`, :func:`train_timm`, :class:`TimmRun` (checkpoints in timm's layout);
+  timm's own ``train.py`` needs only the criterion (README, "timm's own train.py").
 - torchvision: :func:`train_one_epoch`, :func:`evaluate` (reference-shaped), :class:`PerClassCollate`,
-  :class:`SampleTransformDataset` (per-class policies in ``transforms.v2`` pipelines).
+  :class:`SampleTransformDataset` (the label-passing wrapper: per-class policies around ``ImageFolder`` in
+  ``transforms.v2`` pipelines and timm's ``create_loader``).
 - Lightning (``pip install 'ab-plugin[lightning]'``): :class:`AutoBalanceCallback`.
 - Optuna (for ab-plugin's own :class:`~ab_plugin.trainer.Trainer`): :class:`TrialPruningCallback`.
 - :func:`evaluate_metrics`, :func:`predict_logits`: imbalance metrics on any loader.

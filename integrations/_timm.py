@@ -15,6 +15,10 @@ The pattern, in your own timm loop (``train.py``-shaped)::
         callback.on_epoch_end(epoch)
     checkpoint["autobalance"] = callback.state_dict()                # α + upper optimizer, resumable
 
+timm's own ``train.py`` needs no callback object: ``train_loss_fn = AutoBalanceCriterion(counts,
+auto_step=False).attach(model, loader_eval)`` and ``loss_fn.step()`` after each optimizer update (README,
+"timm's own train.py"); ``--device-modules ab_plugin.models`` registers the CIFAR ResNets there.
+
 timm is a core dependency of ab-plugin; it is still imported through ``try_import`` for a clear message.
 """
 
@@ -140,11 +144,16 @@ class TimmRun:
         return self.callback.criterion
 
     def state_dict(self) -> dict[str, Any]:
+        """A checkpoint in timm's layout: ``state_dict`` (model), ``state_dict_ema`` (EMA weights, plain model
+        keys, as timm's ``CheckpointSaver`` writes them), ``optimizer`` and ``epoch`` (epochs done, the next
+        epoch's index), plus ``scheduler``, ``num_updates``, ``autobalance`` (α and its optimizer) and
+        ``history``. Saved with ``torch.save``, timm's ``load_checkpoint(model, path, use_ema=True)`` loads the
+        EMA weights and ``resume_checkpoint(model, path, optimizer)`` the model and optimizer."""
         return {
-            "model": self.model.state_dict(),
+            "state_dict": self.model.state_dict(),
+            "state_dict_ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
             "autobalance": self.callback.state_dict(),
             "epoch": self.epoch,
             "num_updates": self.num_updates,
@@ -152,12 +161,12 @@ class TimmRun:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None and state.get("state_dict_ema") is not None:
+            self.ema.module.load_state_dict(state["state_dict_ema"])
         self.callback.load_state_dict(state["autobalance"])
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.history = list(state.get("history", []))

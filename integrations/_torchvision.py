@@ -6,8 +6,9 @@ becomes ``AutoBalanceCriterion(class_counts).attach(model, val_loader)`` and not
 hyper-steps happen inside the criterion's forward). An exported policy file augments each sample with
 its class's policy:
 
-- per sample, in a ``transforms.v2`` pipeline: ``PerClassTransformV2(policy)`` applied to whole
-  ``(image, label)`` samples (:class:`SampleTransformDataset` does that for any dataset);
+- per sample, in a ``transforms.v2`` pipeline or timm's ``create_loader``: ``PerClassTransformV2(policy)``
+  applied to whole ``(image, label)`` samples by the label-passing wrapper :class:`SampleTransformDataset`
+  (around ``ImageFolder``, timm's ``ImageDataset`` or any ``(image, label)`` dataset);
 - per batch, in the ``collate_fn`` (where the reference applies MixUp / CutMix): :class:`PerClassCollate`.
 """
 
@@ -33,14 +34,25 @@ __all__ = ["PerClassCollate", "SampleTransformDataset", "evaluate", "train_one_e
 
 
 class SampleTransformDataset(Dataset):
-    """Applies transforms to the samples of another dataset, torchvision ``VisionDataset`` style.
+    """A label-passing wrapper: gives a per-class transform the whole ``(image, label)`` sample.
+
+    A drop-in around ``ImageFolder`` (built with ``transform=None``), timm's ``ImageDataset`` or any dataset of
+    ``(image, label)`` pairs, so that an exported per-class policy runs in an ordinary pipeline::
+
+        train_set = SampleTransformDataset(ImageFolder(root), transforms=v2.Compose(
+            [v2.ToImage(), PerClassTransformV2("policy.json"), v2.ToDtype(torch.float32, scale=True),
+             v2.Normalize(mean, std)]))                              # torchvision v2: one joint pipeline
+        loader = timm.data.create_loader(SampleTransformDataset(ImageFolder(root),
+            transforms=PerClassTransformV2("policy.json")), input_size=(3, 32, 32), ...)   # timm's loaders
+
+    timm's ``create_loader`` sets the dataset's ``transform`` attribute to its own image transform (resize,
+    crop, flip, to tensor, normalise); it runs after the per-class policy, which sees the raw image.
 
     Args:
-        dataset: yields ``(image, label)`` (e.g. ``TensorDataset(uint8 images [N, 3, H, W], labels [N])``,
-            ``ImageFolder(root)``).
-        transform: applied to the image only.
-        transforms: applied to the whole ``(image, label)`` sample (after ``transform``); this is where a
-            ``v2.Compose([PerClassTransformV2(policy), ...])`` goes, since it needs the label.
+        dataset: yields ``(image, label)`` (PIL image or ``[3, H, W]`` tensor, int label).
+        transform: applied to the image only, after ``transforms`` (where timm's loader puts its own).
+        transforms: applied first, to the whole ``(image, label)`` sample; this is where a
+            ``PerClassTransformV2(policy)`` goes (alone or in a ``v2.Compose``), since it needs the label.
     """
 
     def __init__(
@@ -56,10 +68,10 @@ class SampleTransformDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, label = self.dataset[index]
-        if self.transform is not None:
-            image = self.transform(image)
         if self.transforms is not None:
             image, label = self.transforms((image, label))
+        if self.transform is not None:
+            image = self.transform(image)
         return image, label
 
 

@@ -101,3 +101,28 @@ def test_timm_models_by_name_and_unknown_backbone() -> None:
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet33': choose one of resnet20..resnet110"):
         create_backbone("resnet33", 10)
     assert create_backbone("resnet44_cifar", 2)(x).shape == (2, 2)
+
+
+def test_built_the_timm_way_features_only_and_drop_path() -> None:
+    full = timm.create_model("resnet32_cifar", num_classes=5).eval()
+    feats = timm.create_model("resnet32_cifar", features_only=True).eval()
+    assert feats.feature_info.channels() == [16, 32, 64] and feats.feature_info.reduction() == [1, 2, 4]
+    missing, unexpected = feats.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and set(unexpected) == {"fc.weight", "fc.bias"}
+    x = torch.randn(2, 3, 32, 32)
+    maps = feats(x)
+    assert [tuple(f.shape) for f in maps] == [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+    assert torch.allclose(maps[-1], full.forward_features(x), atol=1e-6)  # the stem is replayed exactly
+    (last,) = timm.create_model("resnet20_cifar", features_only=True, out_indices=(2,))(x)
+    assert last.shape == (2, 64, 8, 8)
+
+    m = timm.create_model("resnet20_cifar", num_classes=3, drop_path_rate=0.2, drop_rate=0.1)
+    rates = [b.drop_path.drop_prob if not isinstance(b.drop_path, nn.Identity) else 0.0
+             for stage in (m.layer1, m.layer2, m.layer3) for b in stage]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+    assert m.pretrained_cfg["architecture"] == "resnet20_cifar" and m.default_cfg is m.pretrained_cfg
+    torch.manual_seed(0)
+    a = m.train()(x)
+    assert not torch.allclose(a, m(x))  # stochastic depth and dropout in training
+    m.eval()
+    assert torch.equal(m(x), m(x))

@@ -7,17 +7,36 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-# `higher` rewrites these optimisers' updates differentiably; AdamW's decoupled decay is not among
-# the ones it differentiates correctly with current torch.
+# `higher` maps optimisers by exact type and re-implements only the update rules below; every other
+# setting that changes the update is read by torch but ignored by `higher`, which would silently
+# differentiate a different optimiser. Implementation switches (foreach, fused, capturable,
+# differentiable) leave the update unchanged and are accepted.
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam)
+_IGNORED_BY_HIGHER = {
+    "maximize": "maximize=True",
+    "decoupled_weight_decay": "decoupled_weight_decay=True (AdamW's decay)",
+}
+_ALTERNATIVES = (
+    "use SGD (momentum, dampening, nesterov, weight decay) or Adam (amsgrad, L2 weight decay), "
+    "or an implicit engine (--engine head|cg|neumann)"
+)
 
 
 def check_unrollable(optimizer: torch.optim.Optimizer) -> None:
-    if type(optimizer) is torch.optim.AdamW or not isinstance(optimizer, _SUPPORTED):
-        raise ValueError(
-            f"the unrolled engine cannot differentiate {type(optimizer).__name__}: "
-            "use SGD (with or without momentum) or Adam, or an implicit engine (--engine head|cg|neumann)"
-        )
+    """Raise a one-line ``ValueError`` unless ``higher`` differentiates ``optimizer``'s update exactly.
+
+    Accepted: ``torch.optim.SGD`` (any momentum, dampening, nesterov, L2 weight decay) and
+    ``torch.optim.Adam`` (L2 weight decay, amsgrad; ``higher`` adds ``eps`` before the bias correction of
+    the second moment, a relative difference of order ``eps / sqrt(v)``). Refused: other types
+    (subclasses such as AdamW included) and ``maximize`` / ``decoupled_weight_decay`` in any group.
+    """
+    name = type(optimizer).__name__
+    if type(optimizer) not in _SUPPORTED:
+        raise ValueError(f"the unrolled engine cannot differentiate {name}: {_ALTERNATIVES}")
+    for group in optimizer.param_groups:
+        for key, what in _IGNORED_BY_HIGHER.items():
+            if group.get(key, False):
+                raise ValueError(f"the unrolled engine cannot differentiate {name} with {what}: {_ALTERNATIVES}")
 
 
 def unrolled_grad(

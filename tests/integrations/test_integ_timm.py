@@ -9,6 +9,7 @@ import timm
 import torch
 from conftest import float_blobs
 from timm.data import Mixup
+from timm.models import load_checkpoint, resume_checkpoint
 from timm.task import ClassificationTask
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
@@ -46,6 +47,22 @@ def test_train_timm_with_mixup_ema_and_task_moves_alpha_and_trains_the_model():
     assert [r["epoch"] for r in run.history] == [1, 2] and "balanced_error" in run.history[-1]
     assert isinstance(run.task, ClassificationTask) and run.task.criterion is crit
     assert not crit.is_attached  # on_train_end removed the hooks
+
+
+def test_timm_run_checkpoint_uses_timms_keys(tmp_path):
+    run = train_timm(resnet(), TRAIN, VAL, COUNTS, epochs=1, ema_decay=0.5, criterion_options={"interval": 2})
+    path = tmp_path / "run.pth"
+    torch.save(run.state_dict(), path)
+    ema_only = resnet(seed=7)
+    load_checkpoint(ema_only, str(path), use_ema=True)  # timm reads state_dict_ema / model_ema
+    assert all(torch.equal(a, b) for a, b in zip(ema_only.state_dict().values(),
+                                                 run.ema.module.state_dict().values(), strict=True))
+    assert not torch.equal(ema_only.fc.weight, run.model.fc.weight)
+    live = resnet(seed=7)
+    optimizer = timm.optim.create_optimizer_v2(live, opt="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    assert resume_checkpoint(live, str(path), optimizer=optimizer, log_info=False) == 1  # the next epoch
+    assert torch.equal(live.fc.weight, run.model.fc.weight)
+    assert optimizer.state_dict()["state"].keys() == run.optimizer.state_dict()["state"].keys()
 
 
 def test_resumed_timm_run_continues_with_the_same_alpha():

@@ -38,6 +38,7 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "split_model",
+    "unwrap_model",
 ]
 
 #: Short CLI name -> blocks per stage ``n`` (depth ``6n + 2``).
@@ -379,6 +380,17 @@ def _features_until(model: nn.Module, head: nn.Module, attr: str) -> Callable[[T
     return features_fn
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module]:
     """Split a classifier into ``(features_fn, classifier)`` with ``classifier(features_fn(x)) == model(x)``.
 
@@ -387,12 +399,11 @@ def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module
     - other models with a final ``fc`` / ``classifier`` / ``head`` module (e.g. torchvision): ``features_fn``
       runs ``model`` until the classifier's input and stops there (a forward pre-hook; nothing is mutated).
 
+    Wrappers (DDP, ``torch.compile``) are unwrapped first (:func:`unwrap_model`).
+
     Shapes: ``features_fn``: ``[B, 3, H, W] -> [B, D]``; ``classifier``: ``[B, D] -> [B, C]``.
     """
-    # DDP / DataParallel keep the model in .module, torch.compile in ._orig_mod
-    while isinstance(getattr(model, "module", None), nn.Module) or isinstance(getattr(model, "_orig_mod", None),
-                                                                              nn.Module):
-        model = getattr(model, "module", None) or model._orig_mod
+    model = unwrap_model(model)
     if all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
         classifier = model.get_classifier()
         if isinstance(classifier, nn.Module):

@@ -38,7 +38,7 @@ from ab_plugin.hypergrad import (
     frozen_norm_stats,
 )
 from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing, to_soft_targets
-from ab_plugin.models import split_model
+from ab_plugin.models import split_model, unwrap_model
 from ab_plugin.objectives import create_objective
 from ab_plugin.upper import UpperLevel, UpperOptimizer
 
@@ -48,17 +48,6 @@ __all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
 
 _STATE_FORMAT = 2
 _DEFAULTS = Config()  # one set of defaults for the CLI's search and for the criterion
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _device_of(model: nn.Module) -> torch.device:

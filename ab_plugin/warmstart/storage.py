@@ -60,13 +60,21 @@ def resolve_storage(spec: str | None, out: str | Path) -> StorageSpec:
     if "://" in s:
         return _resolve_url(s)
     if s.endswith((".db", ".sqlite", ".sqlite3")):
-        path = Path(s).expanduser().resolve()
+        path = _in_existing_folder(Path(s).expanduser().resolve())
         return StorageSpec("sqlite", f"sqlite:///{path}", str(path))
     if s.endswith((".journal", ".log")):
-        path = Path(s).expanduser().resolve()
+        path = _in_existing_folder(Path(s).expanduser().resolve())
         return StorageSpec("journal", str(path), str(path))
     raise ValueError(f"unknown --storage {s!r}: use sqlite (default, OUT/{STUDY_DB}), journal (OUT/{STUDY_JOURNAL}) "
                      "or a database URL such as postgresql://user:password@host:5432/db")
+
+
+def _in_existing_folder(path: Path) -> Path:
+    """A study file the user named goes only into a folder that exists (a typo must not create folders)."""
+    if not path.parent.is_dir():
+        raise ValueError(f"--storage {path}: folder {path.parent} does not exist: create it first, or use the "
+                         "default storage in --out")
+    return path
 
 
 def _resolve_url(s: str) -> StorageSpec:
@@ -83,6 +91,8 @@ def _resolve_url(s: str) -> StorageSpec:
     if backend == "sqlite":
         if not url.database:
             raise ValueError(f"--storage {s!r} names no file: use sqlite:///path/to/study.db")
+        if url.database != ":memory:":
+            _in_existing_folder(Path(url.database).expanduser().resolve())
         return StorageSpec("sqlite", s, display)
     if backend not in _SERVER_BACKENDS:
         raise ValueError(f"unsupported --storage backend {backend!r} in {display}: use postgresql://, "

@@ -42,3 +42,15 @@ def test_table_output_shows_the_trial_count_and_the_best_trial(tmp_path):
     assert "1/1" in res.output  # the bar counts trials, not percent
     assert "best trials" in res.output and "best: trial 0" in res.output
     assert "next: ab-plugin search --warmstart" in res.output
+
+
+@pytest.mark.parametrize("spec", ["sqlite:///{tmp}/no/such/dir/study.db", "{tmp}/no/such/dir/study.db",
+                                  "{tmp}/no/such/dir/study.journal"])
+def test_a_named_storage_never_creates_folders(tmp_path, spec):
+    from ab_plugin.warmstart.storage import resolve_storage
+
+    with pytest.raises(ValueError, match=r"folder .*/no/such/dir does not exist: create it first"):
+        resolve_storage(spec.format(tmp=tmp_path), tmp_path / "out")
+    assert not (tmp_path / "no").exists()
+    ok = resolve_storage(f"sqlite:///{tmp_path}/study.db", tmp_path / "out")  # an existing folder is fine
+    assert ok.kind == "sqlite"

@@ -22,6 +22,7 @@ class Config:
     profile: str = "exp"
     n_max: int | None = None
     val_fraction: float = 0.2
+    val_min_per_class: int = 1  # validation images per class at least (never more than half a class)
     # model and lower level
     backbone: str = "resnet32"
     epochs: int = 30
@@ -119,6 +120,7 @@ class Config:
 
         need(self.imbalance >= 1, f"--imbalance must be >= 1 (max/min class count), got {self.imbalance}")
         need(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        need(self.val_min_per_class >= 1, f"--val-min-per-class must be >= 1, got {self.val_min_per_class}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")

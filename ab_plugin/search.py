@@ -142,7 +142,7 @@ class AutoBalance:
               callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> tuple[Trainer, ImageData]:
         """Split, build loss / policy / engine / model and the :class:`Trainer` (without running it)."""
         cfg = self.cfg
-        train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed)
+        train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)
         _needs_groups(cfg, train)
         counts = train.class_counts()
         sharing = create_sharing(cfg.sharing, counts)

@@ -118,13 +118,15 @@ def make_long_tailed(data: ImageData, counts: Sequence[int]) -> ImageData:
     return data.subset(keep.nonzero().flatten())
 
 
-def split_per_class(data: ImageData, val_fraction: float = 0.2, seed: int = 0) -> tuple[ImageData, ImageData]:
+def split_per_class(data: ImageData, val_fraction: float = 0.2, seed: int = 0,
+                    min_val: int = 1) -> tuple[ImageData, ImageData]:
     """Stratified random train/validation split.
 
-    Each class ``c`` with ``n_c`` samples gives ``round(val_fraction * n_c)`` (half rounded up),
-    clipped to ``[1, n_c - 1]``, randomly chosen samples to validation and the rest to training, so
-    every class is on both sides. Both parts keep the original sample order. Deterministic for a
-    ``seed`` (CPU generator, independent of the device of ``data``).
+    Each class ``c`` with ``n_c`` samples gives ``max(round(val_fraction * n_c), min(min_val, n_c // 2))``
+    (half rounded up), clipped to ``[1, n_c - 1]``, randomly chosen samples to validation and the rest to
+    training, so every class is on both sides and a tail class keeps at least half its samples for
+    training. Both parts keep the original sample order. Deterministic for a ``seed`` (CPU generator,
+    independent of the device of ``data``).
 
     Returns:
         ``(train, val)``.
@@ -140,6 +142,7 @@ def split_per_class(data: ImageData, val_fraction: float = 0.2, seed: int = 0) -
             "per class; lower the imbalance (or raise n_max) so that every class keeps at least 2"
         )
     n_val = torch.floor(counts.double() * val_fraction + 0.5).long()
+    n_val = torch.maximum(n_val, torch.clamp(counts // 2, max=int(min_val)))
     n_val = torch.minimum(torch.clamp(n_val, min=1), torch.clamp(counts - 1, min=0))
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(len(data), generator=gen)

@@ -84,6 +84,8 @@ def test_split_per_class_is_stratified_and_deterministic() -> None:
     assert len(others | {tuple(_ids(val))}) > 1  # the seed matters
     half = split_per_class(data, 0.5, seed=3)[1]
     assert half.class_counts().tolist() == [5, 3, 1, 4]  # half rounded up: 2.5 -> 3, 3.5 -> 4
+    floor = split_per_class(data, 0.2, seed=0, min_val=3)[1]
+    assert floor.class_counts().tolist() == [3, 2, 1, 3]  # the floor, but never more than half a class
 
 
 def test_split_per_class_errors() -> None:

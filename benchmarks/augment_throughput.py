@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._policy import ClassPolicy
+from ab_plugin.policies import ClassPolicy
 
 __all__ = ["main", "BENCH_OPS"]
 

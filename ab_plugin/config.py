@@ -40,8 +40,8 @@ class Config:
     gamma: float = 0.2
     init: str = "la"  # autobalance init: neutral | la | cdt | vs
     learn: tuple[str, ...] = ("logit_bias", "logit_scale")
-    # per_class | groups:K | poly:K | hat:K. The paper's frequency dictionary is the default: per-class
-    # values over-fit the few validation images of tail classes (protocol Q, benchmarks/RESULTS.md)
+    # per_class | groups:K | poly:K | hat:K. A frequency dictionary (the paper's D_π) ties classes of similar
+    # frequency together, so no tail class's handful of validation images sets a value on its own
     sharing: str = "poly:3"
     # upper level
     objective: str = "balanced"
@@ -51,9 +51,8 @@ class Config:
     interval: int = 5  # lower steps between hyper-steps (the paper: 20; the head engine is cheap)
     hyper_batches: int = 10  # training (and, for full engines, validation) batches per hyper-step
     upper_optimizer: str = "adam"  # adam | sgd
-    # Adam moves each raw α value by about upper_lr per hyper-step, so lr x hyper-steps bounds how far α
-    # travels: from init="neutral" on a short schedule (protocol Q: 90 steps) use ~0.05 to reach LA-sized
-    # margins (benchmarks/RESULTS.md); the default suits the LA init
+    # Adam moves each raw α value by about upper_lr per hyper-step, so upper_lr x hyper-steps bounds how far
+    # α can travel from its init: a neutral init on a short schedule needs a larger one than the LA init
     upper_lr: float = 0.01
     upper_momentum: float = 0.9
     upper_weight_decay: float = 1e-4

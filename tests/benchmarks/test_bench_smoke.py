@@ -57,6 +57,7 @@ def test_augment_throughput_quick():
 
 
 @needs_zip
+@pytest.mark.slow  # S1's three shrunk trainings take minutes; S3 and S4 have their own quick tests above
 def test_protocol_s_all_quick(tmp_path):
     out = tmp_path / "s.jsonl"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_s.py"), "all", "--quick",

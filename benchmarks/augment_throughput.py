@@ -29,20 +29,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ab_plugin.policies import ClassPolicy
+from ab_plugin.policies import DEFAULT_OPS, ClassPolicy
 
 __all__ = ["main", "BENCH_OPS"]
 
-BENCH_OPS: tuple[str, ...] = (
-    "translate",
-    "rotate",
-    "shear",
-    "scale",
-    "brightness",
-    "contrast",
-    "saturation",
-    "cutout",
-)
+BENCH_OPS: tuple[str, ...] = DEFAULT_OPS  # the ops a learned policy uses by default
 
 
 def _cpu_model() -> str:

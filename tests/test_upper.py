@@ -18,9 +18,9 @@ def test_sgd_steps_follow_warmup_and_lr_scale():
     upper = UpperLevel([p], optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, clip=0, warmup_steps=4)
     moves = []
     for k in range(6):
-        before = float(p)
+        before = float(p.detach())
         upper.step([torch.tensor([1.0])], lr_scale=0.5 if k == 5 else 1.0)
-        moves.append(before - float(p))
+        moves.append(before - float(p.detach()))
     assert moves == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.5])
     assert upper.steps == 6 and upper.skipped == 0
 
@@ -37,7 +37,7 @@ def test_non_finite_hypergradient_is_skipped_and_alpha_kept():
     p = _param(1.0)
     upper = UpperLevel([p], lr=0.1)
     assert upper.step([torch.tensor([math.nan])]) is None
-    assert float(p) == 1.0 and upper.skipped == 1 and upper.steps == 0
+    assert float(p.detach()) == 1.0 and upper.skipped == 1 and upper.steps == 0
 
 
 def test_average_over_the_last_steps_is_what_gets_used():
@@ -46,7 +46,7 @@ def test_average_over_the_last_steps_is_what_gets_used():
     for _ in range(4):
         upper.step([torch.tensor([-1.0])])  # α = 1, 2, 3, 4
     assert torch.allclose(upper.averaged()[0], torch.tensor([3.5]))  # mean of steps 3 and 4
-    assert float(p) == 4.0 and upper.use_average() and float(p) == 3.5
+    assert float(p.detach()) == 4.0 and upper.use_average() and float(p.detach()) == 3.5
 
 
 def test_state_round_trip_continues_identically():

@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,7 +61,6 @@ __all__ = [
     "adjust_contrast",
     "adjust_saturation",
     "soft_cutout",
-    "GRAY_WEIGHTS",
     "CUTOUT_FILL",
 ]
 
@@ -105,8 +105,6 @@ COLOR_OPS: tuple[str, ...] = ("brightness", "contrast", "saturation")
 APPLY_ORDER: tuple[str, ...] = GEOMETRIC_OPS + COLOR_OPS + ("cutout",)
 """Order in which a policy applies its ops, whatever order they are listed in."""
 
-GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.587, 0.114)
-"""ITU-R 601 luma weights, as torchvision's ``rgb_to_grayscale``."""
 
 CUTOUT_FILL: float = 0.5
 """Value written by cutout (mid grey, close to the CIFAR mean) in ``[0, 1]`` units."""
@@ -303,17 +301,8 @@ def warp_affine(x: Tensor, matrix: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _per_sample(v: Tensor) -> Tensor:
-    return v.reshape(-1, 1, 1, 1)
-
-
-def _gray(x: Tensor) -> Tensor:
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
-
-
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """``clamp(x * factor, 0, 1)`` (torchvision's brightness).
+    """``clamp(x * factor, 0, 1)`` (torchvision's brightness; kornia calls this scaling ``adjust_contrast``).
 
     Args:
         x: ``[B, 3, H, W]`` float images in ``[0, 1]``.
@@ -322,11 +311,11 @@ def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
     Returns:
         ``[B, 3, H, W]`` in ``[0, 1]``.
     """
-    return (x * _per_sample(factor)).clamp(0.0, 1.0)
+    return kornia.enhance.adjust_contrast(x, factor, clip_output=True)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend with the per-image mean grey level (torchvision's contrast).
+    """Blend with the per-image mean grey level (torchvision's contrast), by ``kornia.enhance``.
 
     Args:
         x: ``[B, 3, H, W]`` float images in ``[0, 1]``.
@@ -335,13 +324,11 @@ def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
     Returns:
         ``[B, 3, H, W]`` ``clamp(factor * x + (1 - factor) * mean_luma, 0, 1)``.
     """
-    f = _per_sample(factor)
-    mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return (f * x + (1.0 - f) * mean).clamp(0.0, 1.0)
+    return kornia.enhance.adjust_contrast_with_mean_subtraction(x, factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend with the grey version of each image (torchvision's saturation).
+    """Blend with the grey version of each image (torchvision's saturation), by ``kornia.enhance``.
 
     Args:
         x: ``[B, 3, H, W]`` float images in ``[0, 1]``.
@@ -350,8 +337,7 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     Returns:
         ``[B, 3, H, W]`` ``clamp(factor * x + (1 - factor) * luma(x), 0, 1)``.
     """
-    f = _per_sample(factor)
-    return (f * x + (1.0 - f) * _gray(x)).clamp(0.0, 1.0)
+    return kornia.enhance.adjust_saturation_with_gray_subtraction(x, factor)
 
 
 def cutout_mask(center: Tensor, side: Tensor, height: int, width: int) -> Tensor:

@@ -35,6 +35,7 @@ AUTOBALANCE = {
     "ab-dl": {"init": "neutral", "learn": ("logit_bias", "logit_scale")},
     "ab-dl-la": {"init": "la", "learn": ("logit_bias", "logit_scale")},
     "ab-dl-aug": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "learned"},
+    "ab-tau": {"init": "la", "learn": ("tau",)},
 }
 METHODS = BASELINES + list(AUTOBALANCE)
 
@@ -49,6 +50,7 @@ class Protocol:
     methods: tuple[str, ...]
     out: str
     upper: dict[str, Any] = field(default_factory=dict)
+    imbalance: float = 100.0
 
 
 Q = Protocol(
@@ -91,7 +93,7 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     from ab_plugin.data import create_dataset
 
     torch.set_num_threads(args["threads"])
-    bundle = create_dataset(f"imagefolder:{args['data']}", imbalance=100, n_max=args["n_max"])
+    bundle = create_dataset(f"imagefolder:{args['data']}", imbalance=args["imbalance"], n_max=args["n_max"])
     if args.get("test_per_class"):  # smoke runs: a small balanced slice of the test set
         keep = torch.cat([torch.nonzero(bundle.test.targets == c).flatten()[: args["test_per_class"]]
                           for c in range(bundle.test.num_classes)])
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--n-max", type=int, default=protocol.n_max)
+    p.add_argument("--imbalance", type=float, default=protocol.imbalance,
+                   help=f"largest over smallest class count [default: {protocol.imbalance:g}]")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"override the {protocol.recipe['epochs']} epochs (not protocol {protocol.name} then)")
     p.add_argument("--upper", default="{}", help="JSON dict of Config overrides for the AutoBalance rows")
@@ -230,16 +234,19 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
     if a.quick:
         recipe.update(QUICK_RECIPE)
         n_max = QUICK_N_MAX
-    args = {"data": a.data, "n_max": n_max, "device": a.device, "amp": a.amp, "recipe": recipe, "upper": upper,
-            "test_per_class": 20 if a.quick else 0, "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
+    args = {"data": a.data, "n_max": n_max, "imbalance": a.imbalance, "device": a.device, "amp": a.amp,
+            "recipe": recipe, "upper": upper, "test_per_class": 20 if a.quick else 0,
+            "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     skip = done_jobs(out)
     jobs = [(m, s, args) for s in seeds for m in methods if (m, s) not in skip]
-    exact = recipe == protocol.recipe and n_max == protocol.n_max and upper == protocol.upper
+    exact = (recipe == protocol.recipe and n_max == protocol.n_max and a.imbalance == protocol.imbalance
+             and upper == protocol.upper)
     header = {"protocol": protocol.name if exact else f"{protocol.name}-modified",
               "machine": machine(), "date": date.today().isoformat(), "revision": revision(),
-              "command": " ".join([sys.executable, *sys.argv]), "recipe": recipe, "upper": upper, "n_max": n_max}
+              "command": " ".join([sys.executable, *sys.argv]), "recipe": recipe, "upper": upper, "n_max": n_max,
+              "imbalance": a.imbalance}
     with open(out.with_suffix(".meta.jsonl"), "a") as f:
         f.write(json.dumps(header) + "\n")
     ctx = mp.get_context("spawn")

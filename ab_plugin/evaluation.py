@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import ImageData, TensorLoader, normalize
+from .data import Split, create_loader, normalize
 from .models import split_model
 from .objectives import Metrics, compute_metrics
 
@@ -56,16 +56,16 @@ def predict_batches(
     return torch.cat(logits), (torch.cat(feats) if feats else None)
 
 
-def _prepared(data: ImageData, mean: Sequence[float], std: Sequence[float], device: torch.device,
-              batch_size: int) -> Iterator[Tensor]:
-    for x, _, _ in TensorLoader(data, batch_size, shuffle=False, device=device):
+def _prepared(data: Split, mean: Sequence[float], std: Sequence[float], device: torch.device,
+              batch_size: int, num_workers: int) -> Iterator[Tensor]:
+    for x, _, _ in create_loader(data, batch_size, shuffle=False, device=device, num_workers=num_workers):
         x01 = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         yield normalize(x01, mean, std)
 
 
 def predict(
     model: nn.Module,
-    data: ImageData,
+    data: Split,
     *,
     mean: Sequence[float],
     std: Sequence[float],
@@ -73,27 +73,29 @@ def predict(
     batch_size: int = 512,
     channels_last: bool = False,
     amp: bool = False,
+    num_workers: int = 2,
 ) -> tuple[Tensor, Tensor]:
     """Logits ``[N, C]`` and features ``[N, D]`` (float32, on ``device``) of ``data``'s images (uint8 scaled
-    to ``[0, 1]``, then normalised with the per-channel ``mean`` / ``std``), without augmentation."""
+    to ``[0, 1]``, then normalised with the per-channel ``mean`` / ``std``), without augmentation; a file
+    list is decoded (evaluation crop) by ``num_workers`` DataLoader workers."""
     device = torch.device(device)
-    logits, feats = predict_batches(model, _prepared(data, mean, std, device, batch_size), device=device,
-                                    channels_last=channels_last, amp=amp)
+    batches = _prepared(data, mean, std, device, batch_size, num_workers)
+    logits, feats = predict_batches(model, batches, device=device, channels_last=channels_last, amp=amp)
     assert feats is not None
     return logits, feats
 
 
-def metrics_of(logits: Tensor, data: ImageData) -> Metrics:
+def metrics_of(logits: Tensor, data: Split) -> Metrics:
     """Accuracy, balanced, worst-class, per-class (and, with groups, per-group) error of ``logits [N, C]``
     against ``data``'s labels."""
     groups = data.groups.to(logits.device) if data.groups is not None else None
     return compute_metrics(logits, data.targets.to(logits.device), data.num_classes, groups)
 
 
-def evaluate(model: nn.Module, data: ImageData, *, mean: Sequence[float], std: Sequence[float],
+def evaluate(model: nn.Module, data: Split, *, mean: Sequence[float], std: Sequence[float],
              device: torch.device | str, batch_size: int = 512, channels_last: bool = False,
-             amp: bool = False) -> Metrics:
+             amp: bool = False, num_workers: int = 2) -> Metrics:
     """:func:`predict` then :func:`metrics_of`."""
     logits, _ = predict(model, data, mean=mean, std=std, device=device, batch_size=batch_size,
-                        channels_last=channels_last, amp=amp)
+                        channels_last=channels_last, amp=amp, num_workers=num_workers)
     return metrics_of(logits, data)

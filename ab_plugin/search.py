@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import Config
 from .data import DatasetBundle, Split, split_per_class
+from .evaluation import metrics_of
 from .hypergrad import create_engine
 from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
 from .models import create_backbone
@@ -105,19 +106,26 @@ def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
 
 def _finish(trainer: Trainer, kind: str, method: str, data: Split, test: Split | None,
             val: Split | None = None) -> RunResult:
+    """The run's result; its metrics group classes into many / medium / few-shot by ``data``'s counts (the
+    whole training set, the same for every stage of a run)."""
     policy = trainer.policy
     st = trainer.state
+    counts = [int(c) for c in data.class_counts()]
+
+    def metrics(split: Split | None) -> dict[str, Any] | None:
+        return None if split is None else metrics_of(trainer.predict(split)[0], split, counts).to_dict()
+
     return RunResult(
         kind=kind,
         method=method,
         classes=list(data.classes),
-        class_counts=[int(c) for c in data.class_counts()],
+        class_counts=counts,
         alpha=trainer.loss.per_class(),
         augmentation=policy_from_module(policy) if isinstance(policy, ClassPolicy) else None,
         config=trainer.cfg.to_dict(),
         history=st.history,
-        val_metrics=trainer.evaluate(val).to_dict() if val is not None else None,
-        test_metrics=trainer.evaluate(test).to_dict() if test is not None else None,
+        val_metrics=metrics(val),
+        test_metrics=metrics(test),
         seconds=st.seconds,
         steps=st.step,
         hyper_steps=st.hyper_steps,

@@ -493,11 +493,12 @@ def _build_listfile(
 ) -> DatasetBundle:
     """``listfile:TRAIN.txt,TEST.txt[,VAL.txt]``: any ``path label`` lists (see :func:`read_listfile`); with a
     VAL list the search validates on it, without one it splits its validation off TRAIN."""
-    files = [f.strip() for f in _need_path(_LISTFILE, data_dir, "TRAIN.txt,TEST.txt").split(",")]
+    spec = _need_path(_LISTFILE, data_dir, "TRAIN.txt,TEST.txt")
+    files = [os.path.expanduser(f.strip()) for f in spec.split(",")]
     if len(files) not in (2, 3) or not all(files):
         raise ValueError(f"listfile takes TRAIN.txt,TEST.txt or TRAIN.txt,TEST.txt,VAL.txt, got {data_dir!r}")
-    train = read_listfile(os.path.expanduser(files[0]))
-    test, *val = (read_listfile(os.path.expanduser(f), num_classes=train.num_classes) for f in files[1:])
+    train = read_listfile(files[0])
+    test, *val = (read_listfile(f, num_classes=train.num_classes) for f in files[1:])
     return _streamed(f"{_LISTFILE}:{data_dir}", train, test, val[0] if val else None, imbalance=imbalance,
                      profile=profile, n_max=n_max, image_size=image_size, source=files[0])
 

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._imagefolder import FileSource, ImageFolderError, ImageFolderIndex, image_size_of, scan_imagefolder
+from ._imagefolder import (
+    FileSource,
+    ImageFolderError,
+    ImageFolderIndex,
+    _unreadable,
+    image_size_of,
+    scan_imagefolder,
+)
 from ._types import ImageData
 
 __all__ = ["Batch", "TensorLoader", "StreamingLoader", "create_loader"]
@@ -181,9 +188,18 @@ class _FolderDataset(Dataset[tuple[torch.Tensor, int, int]]):
             with Image.open(io.BytesIO(src.read(rel))) as img:
                 arr = np.array(self.transform(img.convert("RGB")), dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001
-            raise ImageFolderError(f"cannot read image {src.display(rel)}: {exc}") from exc
+            raise _unreadable(src, rel, exc) from exc
         g = -1 if self.index.groups is None else int(self.index.groups[i])
         return torch.from_numpy(arr).permute(2, 0, 1), int(self.index.targets[i]), g
+
+
+def _from_worker(e: ImageFolderError) -> ImageFolderError:
+    """The one-line error a worker raised: it reaches this process as "Caught ImageFolderError in DataLoader
+    worker process N." followed by the worker's traceback, whose last line ends with the original message."""
+    lines = str(e).strip().splitlines()
+    if len(lines) < 2:  # raised in this process (num_workers=0): already one line
+        return e
+    return ImageFolderError(lines[-1].partition("ImageFolderError: ")[2] or lines[-1])
 
 
 class StreamingLoader:
@@ -263,7 +279,14 @@ class StreamingLoader:
             persistent_workers=False,
         )
         has_groups = self.index.groups is not None
-        for x, y, g in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                x, y, g = next(batches)
+            except StopIteration:
+                break
+            except ImageFolderError as e:
+                raise _from_worker(e) from None
             self._order.pos += 1
             yield (
                 x.to(self.device, non_blocking=True),

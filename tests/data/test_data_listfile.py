@@ -15,6 +15,7 @@ from PIL import Image
 from ab_plugin.data import (
     IMAGENET_MEAN,
     CropRecipe,
+    ImageFolderError,
     ImageFolderIndex,
     ListFileError,
     StreamingLoader,
@@ -57,6 +58,17 @@ def test_a_worker_process_decodes_the_same_evaluation_batch(imagenet_lt):
     here = next(iter(StreamingLoader(test, 6, shuffle=False, num_workers=0)))[0]
     worker = next(iter(StreamingLoader(test, 6, shuffle=False, num_workers=1)))[0]
     assert torch.equal(here, worker)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_image_is_one_line_naming_it_also_from_a_worker(tmp_path, workers):
+    root = write_list_tree(tmp_path, [2, 1], size=8)
+    (root / "test/n00000001/0.JPEG").write_bytes(b"not a jpeg")
+    test = create_dataset(f"imagenet-lt:{root}", image_size=8).test
+    with pytest.raises(ImageFolderError) as e:
+        list(StreamingLoader(test, 4, shuffle=False, num_workers=workers))
+    assert str(e.value) == (f"cannot read image {root / 'test/n00000001/0.JPEG'}: not an image format PIL can "
+                            "decode (truncated, empty or not an image); fix or remove it")
 
 
 def test_places_lt_uses_its_own_file_names(tmp_path):

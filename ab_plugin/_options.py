@@ -70,5 +70,6 @@ def _resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Confi
     cfg.validate()
     datasets = _named_choices()["dataset"]()
     if cfg.dataset.partition(":")[0] not in datasets:
-        raise ValueError(f"unknown --dataset {cfg.dataset!r}: choose from {', '.join(datasets)} (imagefolder:PATH)")
+        raise ValueError(f"unknown --dataset {cfg.dataset!r}: choose from {', '.join(datasets)} (imagefolder:PATH, "
+                         "imagenet-lt:ROOT, listfile:TRAIN.txt,TEST.txt)")
     return cfg

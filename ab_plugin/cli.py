@@ -100,6 +100,7 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
       ab-plugin search --backbone resnet32                       # embedded digits-lt, ~1 min
       ab-plugin search --dataset imagefolder:/data/c10 --imbalance 100 --n-max 1000 --epochs 50 --compare ce,la
       ab-plugin search --dataset cifar10-lt --data-dir ~/data --download --engine neumann --device cuda
+      ab-plugin search --dataset imagenet-lt:/data/imagenet --backbone resnet50 --workers 16 --device cuda
       ab-plugin search --out runs/x --resume                     # continue after a crash or Ctrl-C
     """
     from .runs import check_inputs, finish_run, load_bundle, run_folder, run_search
@@ -213,7 +214,8 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
 @click.option("--stage", default=None, help="which stage's model (retrain, search, baseline-ce...) [default: last]")
 @command_options
 def evaluate(run: str, stage: str | None, fmt: str) -> None:
-    """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error)."""
+    """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error; many / medium /
+    few-shot accuracy)."""
     from .evaluation import evaluate as evaluate_model
     from .io import load_checkpoint
     from .report import summary_table
@@ -238,7 +240,8 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     model.load_state_dict(ck["model"])
     device = resolve_device(cfg.device)
     m = evaluate_model(model.to(device), bundle.test, mean=bundle.mean, std=bundle.std, device=device,
-                       channels_last=cfg.channels_last, amp=cfg.amp).to_dict()
+                       channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.workers,
+                       train_counts=bundle.train.class_counts().tolist()).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}
     emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))
 

@@ -23,6 +23,8 @@ class Config:
     n_max: int | None = None
     val_fraction: float = 0.2
     val_min_per_class: int = 1  # validation images per class at least (never more than half a class)
+    # list-file datasets: the recipe's crop size (default 224); the others: resize every image to it (default: as is)
+    image_size: int | None = None
     # model and lower level
     backbone: str = "resnet32"
     epochs: int = 30
@@ -66,6 +68,7 @@ class Config:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = True
+    workers: int = 4  # DataLoader processes decoding a list-file dataset's JPEGs (in-memory datasets need none)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +127,8 @@ class Config:
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")
+        need(self.image_size is None or self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
+        need(self.workers >= 0, f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
         need(self.lr > 0 and self.upper_lr >= 0, "learning rates must be positive")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")

@@ -122,7 +122,9 @@ def list_objectives() -> list[str]:
 
 @dataclass
 class Metrics:
-    """Classification metrics; errors are fractions in [0, 1]."""
+    """Classification metrics; errors are fractions in [0, 1]. ``shot_accuracy`` (many / medium / few-shot
+    accuracy, a group without classes ``None``) is set by :func:`ab_plugin.evaluation.metrics_of` when it
+    knows the training counts."""
 
     accuracy: float
     balanced_error: float
@@ -131,6 +133,7 @@ class Metrics:
     per_group_error: list[float] | None = None
     worst_group_error: float | None = None
     eo_gap: float | None = None
+    shot_accuracy: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}

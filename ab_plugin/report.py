@@ -78,16 +78,24 @@ def plot_alpha_trajectory(history: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
-    """Overall, balanced and worst-class test error (%) per method."""
+    """Overall, balanced and worst-class test error (%) per method, and many / medium / few-shot accuracy (%,
+    ``-`` for a group without classes)."""
     t = Table(title=title)
-    for col in ("method", "accuracy %", "balanced error %", "worst-class error %", "time s"):
+    for col in ("method", "accuracy %", "balanced error %", "worst-class error %", "many %", "medium %", "few %",
+                "time s"):
         t.add_column(col, justify="right" if col != "method" else "left")
     for name, r in results.items():
         m = r.get("test_metrics") or {}
+        shots = m.get("shot_accuracy") or {}
         t.add_row(name, f"{100 * m.get('accuracy', float('nan')):.2f}",
                   f"{100 * m.get('balanced_error', float('nan')):.2f}",
-                  f"{100 * m.get('worst_class_error', float('nan')):.2f}", f"{r.get('seconds', 0):.1f}")
+                  f"{100 * m.get('worst_class_error', float('nan')):.2f}",
+                  *(_percent(shots.get(k)) for k in ("many", "medium", "few")), f"{r.get('seconds', 0):.1f}")
     return t
 
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .config import Config
-from .data import DatasetBundle, ImageData, split_per_class
+from .data import DatasetBundle, Split, split_per_class
+from .evaluation import metrics_of
 from .hypergrad import create_engine
 from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
 from .models import create_backbone
@@ -89,7 +90,7 @@ def _headline(m: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 
-def _needs_groups(cfg: Config, data: ImageData) -> None:
+def _needs_groups(cfg: Config, data: Split) -> None:
     if cfg.objective in GROUP_OBJECTIVES and data.groups is None:
         raise ValueError(
             f"objective {cfg.objective!r} needs group labels but dataset {cfg.dataset!r} has none: "
@@ -103,21 +104,28 @@ def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
     return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD)
 
 
-def _finish(trainer: Trainer, kind: str, method: str, data: ImageData, test: ImageData | None,
-            val: ImageData | None = None) -> RunResult:
+def _finish(trainer: Trainer, kind: str, method: str, data: Split, test: Split | None,
+            val: Split | None = None) -> RunResult:
+    """The run's result; its metrics group classes into many / medium / few-shot by ``data``'s counts (the
+    whole training set, the same for every stage of a run)."""
     policy = trainer.policy
     st = trainer.state
+    counts = [int(c) for c in data.class_counts()]
+
+    def metrics(split: Split | None) -> dict[str, Any] | None:
+        return None if split is None else metrics_of(trainer.predict(split)[0], split, counts).to_dict()
+
     return RunResult(
         kind=kind,
         method=method,
         classes=list(data.classes),
-        class_counts=[int(c) for c in data.class_counts()],
+        class_counts=counts,
         alpha=trainer.loss.per_class(),
         augmentation=policy_from_module(policy) if isinstance(policy, ClassPolicy) else None,
         config=trainer.cfg.to_dict(),
         history=st.history,
-        val_metrics=trainer.evaluate(val).to_dict() if val is not None else None,
-        test_metrics=trainer.evaluate(test).to_dict() if test is not None else None,
+        val_metrics=metrics(val),
+        test_metrics=metrics(test),
         seconds=st.seconds,
         steps=st.step,
         hyper_steps=st.hyper_steps,
@@ -139,10 +147,14 @@ class AutoBalance:
         self.trainer: Trainer | None = None
 
     def build(self, bundle: DatasetBundle, run_dir: str | Path | None = None,
-              callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> tuple[Trainer, ImageData]:
-        """Split, build loss / policy / engine / model and the :class:`Trainer` (without running it)."""
+              callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> tuple[Trainer, Split]:
+        """Split (or take the dataset's own validation split), build loss / policy / engine / model and the
+        :class:`Trainer` (without running it)."""
         cfg = self.cfg
-        train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)
+        if bundle.val is not None:
+            train, val = bundle.train, bundle.val
+        else:
+            train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)
         _needs_groups(cfg, train)
         counts = train.class_counts()
         sharing = create_sharing(cfg.sharing, counts)
@@ -190,7 +202,8 @@ def retrain(
     callbacks: Sequence[Any] = (),
     model: nn.Module | None = None,
 ) -> RunResult:
-    """Train a fresh model on the whole training set (search train + validation) with α fixed."""
+    """Train a fresh model on the whole training set (search train + validation, unless the dataset ships its
+    own validation split) with α fixed."""
     if isinstance(alpha, RunResult):
         augmentation = augmentation if augmentation is not None else alpha.augmentation
         alpha = alpha.alpha

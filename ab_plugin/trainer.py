@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .data import ImageData, TensorLoader, normalize
+from .data import Split, create_loader, normalize
 from .evaluation import metrics_of, predict
 from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, frozen_norm_stats
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
@@ -64,7 +64,7 @@ class HyperSetup:
 
     engine: HypergradEngine
     objective: Callable[..., torch.Tensor]
-    val: ImageData
+    val: Split
 
 
 @dataclass
@@ -84,7 +84,8 @@ class Trainer:
     Args:
         model: a classifier with timm's ``forward_features`` / ``forward_head`` / ``get_classifier``.
         loss: the parametric loss (holds α).
-        train: the training split (uint8 images in memory).
+        train: the training split: uint8 images in memory, or a file list decoded (and, with its recipe,
+            cropped) by ``cfg.workers`` DataLoader workers.
         cfg: the run configuration.
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: augmentation module ``policy(x01, y) -> x01`` or ``None``.
@@ -100,14 +101,14 @@ class Trainer:
         self,
         model: nn.Module,
         loss: ParametricCrossEntropy,
-        train: ImageData,
+        train: Split,
         cfg: Config,
         *,
         mean: Sequence[float],
         std: Sequence[float],
         policy: nn.Module | None = None,
         upper: HyperSetup | None = None,
-        test: ImageData | None = None,
+        test: Split | None = None,
         run_dir: str | Path | None = None,
         callbacks: Sequence[Any] = (),
     ) -> None:
@@ -124,8 +125,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.features, self.classifier = split_model(self.model)
-        self.loader = TensorLoader(train, cfg.batch_size, shuffle=True, drop_last=len(train) >= cfg.batch_size,
-                                   device=self.device, seed=cfg.seed)
+        self.loader = create_loader(train, cfg.batch_size, shuffle=True, drop_last=len(train) >= cfg.batch_size,
+                                    device=self.device, seed=cfg.seed, num_workers=cfg.workers, augment=True)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.hparams: list[torch.Tensor] = list(loss.hparameters())
@@ -181,12 +182,12 @@ class Trainer:
         with frozen_norm_stats(self.model), self._autocast():
             return self.features(self._prepare(x, y, True)).float()
 
-    def predict(self, data: ImageData, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, data: Split, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, C]`` and features ``[N, D]`` of ``data`` in eval mode (no augmentation)."""
         return predict(self.model, data, mean=self.mean, std=self.std, device=self.device, batch_size=batch_size,
-                       channels_last=self.cfg.channels_last, amp=self._amp)
+                       channels_last=self.cfg.channels_last, amp=self._amp, num_workers=self.cfg.workers)
 
-    def evaluate(self, data: ImageData) -> Metrics:
+    def evaluate(self, data: Split) -> Metrics:
         return metrics_of(self.predict(data)[0], data)
 
     # the loop -----------------------------------------------------------------------------------
@@ -284,7 +285,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.state.step)
         idx = torch.randperm(len(val), generator=gen)[:n]
         sub = val.subset(idx)
-        loader = TensorLoader(sub, self.cfg.batch_size, shuffle=False, device=self.device)
+        loader = create_loader(sub, self.cfg.batch_size, shuffle=False, device=self.device,
+                               num_workers=self.cfg.workers)
         return [b if b[2] is not None else b[:2] for b in loader]
 
     @torch.no_grad()

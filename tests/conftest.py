@@ -78,3 +78,26 @@ def tiny_bundle() -> DatasetBundle:
 @pytest.fixture
 def tiny_net():
     return TinyNet
+
+
+def write_list_tree(root: Path, counts, *, prefix: str = "ImageNet_LT", eval_per_class: int = 2,
+                    size: int = 20) -> Path:
+    """A tiny list-file dataset in ``root``: ``PREFIX_{train,val,test}.txt`` (``split/nCLASS/i.JPEG label``
+    lines) and the JPEGs they name, ``counts[c]`` training and ``eval_per_class`` val / test images per class,
+    each a class colour with noise (``size`` pixels square). Returns ``root``."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", counts), ("val", [eval_per_class] * len(counts)),
+                             ("test", [eval_per_class] * len(counts))):
+        lines = []
+        for c, n in enumerate(per_class):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = torch.tensor([60.0 + 60 * ((c + 1 >> ch) & 1) for ch in range(3)]).view(1, 1, 3)
+            for i in range(n):
+                x = (colour + 30 * torch.randn(size, size, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(x.numpy()).save(folder / f"{i}.JPEG", format="JPEG")
+                lines.append(f"{split}/n{c:08d}/{i}.JPEG {c}")
+        (root / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root

@@ -103,6 +103,21 @@ def test_timm_models_by_name_and_unknown_backbone() -> None:
     assert create_backbone("resnet44_cifar", 2)(x).shape == (2, 2)
 
 
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
+def test_imagenet_backbones_build_through_timm_without_weights(name, monkeypatch) -> None:
+    from ab_plugin import Config
+    from ab_plugin.search import _model
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"{name}: pretrained weights were requested")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", no_download)
+    m = _model(Config(backbone=name), 1000, "autobalance")  # the path a search / retrain / baseline takes
+    assert m.get_classifier().out_features == 1000 and m.num_features == 2048
+    assert m.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert isinstance(_model(Config(backbone=name), 7, "ldam").get_classifier(), NormedLinear)
+
+
 def test_built_the_timm_way_features_only_and_drop_path() -> None:
     full = timm.create_model("resnet32_cifar", num_classes=5).eval()
     feats = timm.create_model("resnet32_cifar", features_only=True).eval()

@@ -1,4 +1,5 @@
-"""Dataset builders: embedded digits, CIFAR-10/100-LT, ImageFolder(-LT) trees; ``create_dataset``."""
+"""Dataset builders: embedded digits, CIFAR-10/100-LT, ImageFolder(-LT) trees, list files (ImageNet-LT,
+Places-LT, iNaturalist 2018, ``listfile:``); ``create_dataset``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from ._imagefolder import (
     image_size_of,
     scan_imagefolder,
 )
+from ._listfile import read_coco_json, read_listfile
 from ._longtail import _rank_within_class, long_tail_counts, make_long_tailed
+from ._recipe import IMAGENET_MEAN, IMAGENET_STD, CropRecipe
 from ._transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ._types import DatasetBundle, ImageData
 
@@ -39,6 +42,12 @@ __all__ = [
 #: Test images per class of ``digits-lt`` (the last ones of each class in scikit-learn's order).
 DIGITS_TEST_PER_CLASS = 30
 _IMAGEFOLDER = "imagefolder"
+_LISTFILE = "listfile"
+#: List-file benchmarks: name -> prefix of the ``PREFIX_train.txt`` / ``_val.txt`` / ``_test.txt`` in ROOT.
+_LIST_BENCHMARKS = {"imagenet-lt": "ImageNet_LT", "places-lt": "Places_LT"}
+_INAT = "inat2018"
+#: Datasets whose name takes a path (``name:PATH``); the others take no argument.
+_TAKES_PATH = (_IMAGEFOLDER, *_LIST_BENCHMARKS, _INAT, _LISTFILE)
 
 
 class DatasetBuilder(Protocol):
@@ -66,7 +75,8 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`create_dataset`; ``imagefolder`` takes a path (``imagefolder:PATH``)."""
+    """Names accepted by :func:`create_dataset`; ``imagefolder``, the list-file datasets and ``listfile`` take a
+    path (``imagefolder:PATH``)."""
     return _DATASETS.names()
 
 
@@ -414,6 +424,85 @@ def _build_imagefolder(
                             image_size=image_size, name=f"{_IMAGEFOLDER}:{data_dir}")
 
 
+# ------------------------------------------------------------------------------------------ list files
+
+
+def _need_path(kind: str, data_dir: str | None, what: str) -> str:
+    if not data_dir:
+        raise ValueError(f"{kind} needs a path: use '{kind}:{what}' (or pass data_dir={what})")
+    return os.path.expanduser(data_dir)
+
+
+def _streamed(name: str, train: ImageFolderIndex, test: ImageFolderIndex, val: ImageFolderIndex | None, *,
+              imbalance: float, profile: str, n_max: int | None, image_size: tuple[int, int] | None,
+              source: str) -> DatasetBundle:
+    """A bundle of file lists, decoded batch by batch in DataLoader workers with the 224-pixel recipe (crop
+    ``image_size`` if given) and normalised with the ImageNet statistics. A balanced training list is
+    long-tailed as an ImageFolder tree is (:func:`long_tail_index`); an imbalanced one is kept."""
+    if image_size is not None and image_size[0] != image_size[1]:
+        raise ValueError(f"{name}: the crop recipe makes square images, got image_size {image_size}")
+    recipe = CropRecipe() if image_size is None else CropRecipe(size=image_size[0])
+    if imbalance > 1 or n_max is not None:
+        train, counts = long_tail_index(train, imbalance, profile, n_max)
+    else:
+        counts = train.class_counts().tolist()
+    for split in (train, test, val):
+        if split is not None:
+            split.recipe = recipe
+    meta = _lt_meta(counts, imbalance, profile, source=source, recipe=f"{recipe.size}px crop")
+    return DatasetBundle(name, train, test, IMAGENET_MEAN, IMAGENET_STD, meta, val=val)
+
+
+def _build_list_benchmark(
+    kind: str, prefix: str, *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None,
+    download: bool, seed: int, image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """ImageNet-LT / Places-LT: ``ROOT/PREFIX_{train,val,test}.txt`` with ROOT-relative image paths; the search
+    validates on the val list."""
+    root = _need_path(kind, data_dir, "ROOT")
+    train, val, test = (os.path.join(root, f"{prefix}_{s}.txt") for s in ("train", "val", "test"))
+    train_idx = read_listfile(train)
+    val_idx = read_listfile(val, num_classes=train_idx.num_classes)
+    test_idx = read_listfile(test, num_classes=train_idx.num_classes)
+    return _streamed(f"{kind}:{data_dir}", train_idx, test_idx, val_idx, imbalance=imbalance, profile=profile,
+                     n_max=n_max, image_size=image_size, source=root)
+
+
+for _name, _prefix in _LIST_BENCHMARKS.items():
+    register_dataset(_name)(functools.partial(_build_list_benchmark, _name, _prefix))
+
+
+@register_dataset(_INAT)
+def _build_inat2018(
+    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """iNaturalist 2018: ``ROOT/train2018.json`` and ``ROOT/val2018.json`` (COCO-style). It has no public test
+    labels, so val2018 is the test set, as in the literature; the search splits its validation off train."""
+    root = _need_path(_INAT, data_dir, "ROOT")
+    train, category_ids = read_coco_json(os.path.join(root, "train2018.json"))
+    test, _ = read_coco_json(os.path.join(root, "val2018.json"), category_ids=category_ids)
+    return _streamed(f"{_INAT}:{data_dir}", train, test, None, imbalance=imbalance, profile=profile, n_max=n_max,
+                     image_size=image_size, source=root)
+
+
+@register_dataset(_LISTFILE)
+def _build_listfile(
+    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
+    image_size: tuple[int, int] | None,
+) -> DatasetBundle:
+    """``listfile:TRAIN.txt,TEST.txt[,VAL.txt]``: any ``path label`` lists (see :func:`read_listfile`); with a
+    VAL list the search validates on it, without one it splits its validation off TRAIN."""
+    spec = _need_path(_LISTFILE, data_dir, "TRAIN.txt,TEST.txt")
+    files = [os.path.expanduser(f.strip()) for f in spec.split(",")]
+    if len(files) not in (2, 3) or not all(files):
+        raise ValueError(f"listfile takes TRAIN.txt,TEST.txt or TRAIN.txt,TEST.txt,VAL.txt, got {data_dir!r}")
+    train = read_listfile(files[0])
+    test, *val = (read_listfile(f, num_classes=train.num_classes) for f in files[1:])
+    return _streamed(f"{_LISTFILE}:{data_dir}", train, test, val[0] if val else None, imbalance=imbalance,
+                     profile=profile, n_max=n_max, image_size=image_size, source=files[0])
+
+
 # ------------------------------------------------------------------------------------------- factory
 
 
@@ -448,6 +537,14 @@ def create_dataset(
     - ``imagefolder:PATH`` (or ``imagefolder`` with ``data_dir=PATH``): ``PATH/train`` and ``PATH/test``
       (or ``val``) class folders, a directory or a zip; a balanced training tree is long-tailed with
       ``long_tail_counts(n_max or its class size, C, imbalance, profile)``, an imbalanced one is kept.
+    - ``imagenet-lt:ROOT`` / ``places-lt:ROOT``: ``ROOT/ImageNet_LT_{train,val,test}.txt`` (``Places_LT_...``),
+      lines ``relative/path.JPEG label``; the search validates on the val list.
+    - ``inat2018:ROOT``: ``ROOT/train2018.json`` and ``ROOT/val2018.json`` (the test set, as in the literature).
+    - ``listfile:TRAIN.txt,TEST.txt[,VAL.txt]``: any such lists (paths relative to each list's folder).
+
+    The list-file datasets are not decoded here: their splits are :class:`ImageFolderIndex` file lists
+    that the loaders decode in DataLoader workers with the 224-pixel recipe (:class:`CropRecipe`); a
+    missing file, a label out of range or a missing image is a :class:`ListFileError` naming file and line.
 
     Args:
         imbalance: ``rho = n_max / n_min`` (>= 1; 1 keeps the tree balanced).
@@ -456,14 +553,16 @@ def create_dataset(
         download: allow torchvision to download CIFAR (never done otherwise).
         seed: accepted for API stability; the built-in datasets are deterministic (the same long-tailed
             subset for every training seed, as in LDAM-DRW / AutoBalance), so it is unused by them.
-        image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size).
+        image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size); for
+            the list-file datasets, the crop size (default 224).
 
     Raises:
         ValueError: unknown name (listing the known ones), missing data, bad long-tail arguments.
     """
     kind, path = _DATASETS.split(name)
-    if path is not None and kind != _IMAGEFOLDER:
-        raise ValueError(f"dataset {kind!r} takes no ':' argument (only imagefolder:PATH does), got {name!r}")
+    if path is not None and kind not in _TAKES_PATH:
+        takers = ", ".join(f"{k}:PATH" for k in _TAKES_PATH)
+        raise ValueError(f"dataset {kind!r} takes no ':' argument (only {takers} do), got {name!r}")
     return _DATASETS.create(
         kind,
         data_dir=path or data_dir,

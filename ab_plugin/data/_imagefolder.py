@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._recipe import CropRecipe
+
 __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolderError",
@@ -50,8 +52,9 @@ class ImageFolderError(ValueError):
 class FileSource:
     """Read-only files below a root: a directory or a zip archive (optionally with one top folder).
 
-    Paths are POSIX paths relative to the root. Zip handles are opened per thread and per process,
-    so one source can be shared by a decoding thread pool and by DataLoader workers.
+    Paths are POSIX paths relative to the root (in a directory, absolute paths work too). Zip handles are
+    opened per thread and per process, so one source can be shared by a decoding thread pool and by
+    DataLoader workers.
     """
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
@@ -88,11 +91,14 @@ class FileSource:
             self._local.zf, self._local.pid = zf, os.getpid()
         return zf
 
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.location, *rel.split("/")) if not os.path.isabs(rel) else rel
+
     def display(self, rel: str) -> str:
         """Human-readable location of ``rel`` for error messages."""
         if self.is_zip:
             return f"{self.location}:{self._prefix}{rel}"
-        return os.path.join(self.location, *rel.split("/"))
+        return self._path(rel)
 
     def _zip_below(self, rel: str) -> list[str]:
         """Zip members below folder ``rel`` (a contiguous range of the sorted member list)."""
@@ -112,7 +118,7 @@ class FileSource:
             assert self._files is not None
             i = bisect_left(self._files, rel)
             return i < len(self._files) and self._files[i] == rel
-        return os.path.isfile(os.path.join(self.location, rel))
+        return os.path.isfile(self._path(rel))
 
     def subdirs(self, rel: str) -> list[str]:
         """Sorted names of the folders directly inside ``rel``."""
@@ -140,7 +146,7 @@ class FileSource:
     def read(self, rel: str) -> bytes:
         if self.is_zip:
             return self._zip().read(self._prefix + rel)
-        with open(os.path.join(self.location, *rel.split("/")), "rb") as fh:
+        with open(self._path(rel), "rb") as fh:
             return fh.read()
 
 
@@ -151,16 +157,17 @@ def open_source(location: str | os.PathLike[str] | FileSource) -> FileSource:
 
 @dataclass
 class ImageFolderIndex:
-    """File list of one split of an ImageFolder tree, before decoding.
+    """File list of one split (an ImageFolder tree, a list file), before decoding: what streaming consumes.
 
     Attributes:
         source: where the files are.
-        split: the split folder name (``train``, ``test`` or ``val``).
-        paths: ``N`` root-relative file paths, class by class in ImageFolder order.
+        split: the split folder name (``train``, ``test`` or ``val``) or the list file it was read from.
+        paths: ``N`` root-relative file paths (ImageFolder order, or the list file's).
         targets: int64 ``[N]`` labels.
-        classes: sorted class folder names.
+        classes: class names (sorted class folders, or label numbers).
         groups: optional int64 ``[N]`` group labels from ``groups.csv``.
         group_names: sorted group names when ``groups`` is set.
+        recipe: per-image crop recipe for streaming (:class:`CropRecipe`); ``None``: a plain resize.
     """
 
     source: FileSource
@@ -170,9 +177,15 @@ class ImageFolderIndex:
     classes: list[str]
     groups: torch.Tensor | None = None
     group_names: list[str] | None = None
+    recipe: CropRecipe | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` (also counting classes without samples)."""
+        return len(self.classes)
 
     def class_counts(self) -> torch.Tensor:
         """int64 ``[C]`` samples per class."""
@@ -191,6 +204,7 @@ class ImageFolderIndex:
             classes=list(self.classes),
             groups=None if self.groups is None else self.groups[index],
             group_names=self.group_names,
+            recipe=self.recipe,
         )
 
 

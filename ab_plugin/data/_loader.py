@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._imagefolder import FileSource, ImageFolderError, ImageFolderIndex, image_size_of, scan_imagefolder
+from ._imagefolder import (
+    FileSource,
+    ImageFolderError,
+    ImageFolderIndex,
+    _unreadable,
+    image_size_of,
+    scan_imagefolder,
+)
 from ._types import ImageData
 
 __all__ = ["Batch", "TensorLoader", "StreamingLoader", "create_loader"]
@@ -151,9 +158,23 @@ class TensorLoader:
         self._order.load_state_dict(d)
 
 
+class _Resize:
+    """Bilinear resize to ``(H, W)`` unless the image already has that size (a class, so workers can unpickle it)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, img: Any) -> Any:
+        from PIL import Image
+
+        if (img.height, img.width) == self.size:
+            return img
+        return img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+
+
 class _FolderDataset(Dataset[tuple[torch.Tensor, int, int]]):
-    def __init__(self, index: ImageFolderIndex, size: tuple[int, int]) -> None:
-        self.index, self.size = index, size
+    def __init__(self, index: ImageFolderIndex, transform: Callable[[Any], Any]) -> None:
+        self.index, self.transform = index, transform
 
     def __len__(self) -> int:
         return len(self.index)
@@ -165,27 +186,39 @@ class _FolderDataset(Dataset[tuple[torch.Tensor, int, int]]):
         src = self.index.source
         try:
             with Image.open(io.BytesIO(src.read(rel))) as img:
-                img = img.convert("RGB")
-                if (img.height, img.width) != self.size:
-                    img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-                arr = np.array(img, dtype=np.uint8)
+                arr = np.array(self.transform(img.convert("RGB")), dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001
-            raise ImageFolderError(f"cannot read image {src.display(rel)}: {exc}") from exc
+            raise _unreadable(src, rel, exc) from exc
         g = -1 if self.index.groups is None else int(self.index.groups[i])
         return torch.from_numpy(arr).permute(2, 0, 1), int(self.index.targets[i]), g
 
 
-class StreamingLoader:
-    """The :class:`TensorLoader` contract for ImageFolder trees too big for memory.
+def _from_worker(e: ImageFolderError) -> ImageFolderError:
+    """The one-line error a worker raised: it reaches this process as "Caught ImageFolderError in DataLoader
+    worker process N." followed by the worker's traceback, whose last line ends with the original message."""
+    lines = str(e).strip().splitlines()
+    if len(lines) < 2:  # raised in this process (num_workers=0): already one line
+        return e
+    return ImageFolderError(lines[-1].partition("ImageFolderError: ")[2] or lines[-1])
 
-    Decodes files in ``num_workers`` DataLoader worker processes (PIL, RGB, bilinear resize to
-    ``image_size``, default the first image's size). Sample order, ``state_dict`` and the
-    continue-the-epoch semantics are those of :class:`TensorLoader`.
+
+class StreamingLoader:
+    """The :class:`TensorLoader` contract for image files too big for memory (ImageFolder trees, list files).
+
+    Decodes files in ``num_workers`` DataLoader worker processes (PIL, RGB). An index with a ``recipe``
+    (:class:`CropRecipe`) gets its training transform (random resized crop + flip) with ``augment``, its
+    evaluation one (resize + centre crop) without; any other is resized (bilinear) to ``image_size``,
+    default the first image's size. Sample order, ``state_dict`` and the continue-the-epoch semantics are
+    those of :class:`TensorLoader`.
 
     Args:
         source: a directory / zip holding ``split/<class>/...`` (see :func:`scan_imagefolder`), or an
-            already built :class:`ImageFolderIndex` (e.g. long-tailed with ``long_tail_index``).
+            already built :class:`ImageFolderIndex` (e.g. long-tailed with ``long_tail_index``, or read
+            from a list file).
         split: split folder when ``source`` is a path.
+        num_workers: decoding processes (0: decode in this process).
+        image_size: output ``(H, W)`` (or an int) of an index without a recipe.
+        augment: apply the recipe's training transform (the recipe's random crops are drawn in the workers).
     """
 
     def __init__(
@@ -200,22 +233,30 @@ class StreamingLoader:
         seed: int = 0,
         num_workers: int = 2,
         image_size: int | tuple[int, int] | None = None,
+        augment: bool = False,
     ) -> None:
         if isinstance(source, ImageFolderIndex):
             self.index = source
         else:
             self.index = scan_imagefolder(FileSource(source), split)
-        if image_size is None:
-            size = image_size_of(self.index.source, self.index.paths[0])
-        elif isinstance(image_size, int):
-            size = (image_size, image_size)
+        recipe = self.index.recipe
+        transform: Callable[[Any], Any]
+        if recipe is not None:
+            size = (recipe.size, recipe.size)
+            transform = recipe.train if augment else recipe.eval
         else:
-            size = (int(image_size[0]), int(image_size[1]))
+            if image_size is None:
+                size = image_size_of(self.index.source, self.index.paths[0])
+            elif isinstance(image_size, int):
+                size = (image_size, image_size)
+            else:
+                size = (int(image_size[0]), int(image_size[1]))
+            transform = _Resize(size)
         self.image_size = size
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self._dataset = _FolderDataset(self.index, size)
+        self._dataset = _FolderDataset(self.index, transform)
         self._order = _EpochOrder(len(self.index), self.batch_size, shuffle, drop_last, seed)
 
     @property
@@ -238,7 +279,14 @@ class StreamingLoader:
             persistent_workers=False,
         )
         has_groups = self.index.groups is not None
-        for x, y, g in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                x, y, g = next(batches)
+            except StopIteration:
+                break
+            except ImageFolderError as e:
+                raise _from_worker(e) from None
             self._order.pos += 1
             yield (
                 x.to(self.device, non_blocking=True),
@@ -262,11 +310,15 @@ def create_loader(
     drop_last: bool = False,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    num_workers: int = 2,
+    augment: bool = False,
     **streaming: Any,
 ) -> TensorLoader | StreamingLoader:
     """:class:`TensorLoader` for in-memory :class:`ImageData`, :class:`StreamingLoader` for a path or index.
 
-    ``streaming`` keywords (``split``, ``num_workers``, ``image_size``) go to :class:`StreamingLoader`.
+    ``num_workers`` and ``augment`` only concern streamed files (in-memory images need no decoding, and
+    the caller's policy augments them on the device), so one call serves either kind of split. Other
+    ``streaming`` keywords (``split``, ``image_size``) go to :class:`StreamingLoader`.
     """
     if isinstance(data_or_path, ImageData):
         if streaming:
@@ -274,6 +326,5 @@ def create_loader(
         return TensorLoader(
             data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed
         )
-    return StreamingLoader(
-        data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, **streaming
-    )
+    return StreamingLoader(data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed,
+                           num_workers=num_workers, augment=augment, **streaming)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
+from ._imagefolder import ImageFolderIndex
 from ._types import ImageData
+
+S = TypeVar("S", ImageData, ImageFolderIndex)
 
 __all__ = ["LONG_TAIL_PROFILES", "long_tail_counts", "make_long_tailed", "split_per_class"]
 
@@ -118,9 +122,8 @@ def make_long_tailed(data: ImageData, counts: Sequence[int]) -> ImageData:
     return data.subset(keep.nonzero().flatten())
 
 
-def split_per_class(data: ImageData, val_fraction: float = 0.2, seed: int = 0,
-                    min_val: int = 1) -> tuple[ImageData, ImageData]:
-    """Stratified random train/validation split.
+def split_per_class(data: S, val_fraction: float = 0.2, seed: int = 0, min_val: int = 1) -> tuple[S, S]:
+    """Stratified random train/validation split of in-memory images or of a file list.
 
     Each class ``c`` with ``n_c`` samples gives ``max(round(val_fraction * n_c), min(min_val, n_c // 2))``
     (half rounded up), clipped to ``[1, n_c - 1]``, randomly chosen samples to validation and the rest to

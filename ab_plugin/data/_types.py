@@ -1,4 +1,4 @@
-"""In-memory dataset containers: :class:`ImageData` (one split) and :class:`DatasetBundle`."""
+"""Dataset containers: :class:`ImageData` (one in-memory split) and :class:`DatasetBundle`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ImageData", "DatasetBundle"]
+from ._imagefolder import ImageFolderIndex
+
+__all__ = ["ImageData", "DatasetBundle", "Split"]
 
 
 @dataclass
@@ -127,6 +129,10 @@ class ImageData:
         )
 
 
+#: One split: decoded images in memory, or a file list streamed through DataLoader workers (list files).
+Split = ImageData | ImageFolderIndex
+
+
 @dataclass
 class DatasetBundle:
     """A long-tailed training split, a test split and the normalisation to apply to both.
@@ -138,14 +144,17 @@ class DatasetBundle:
         mean, std: per-channel normalisation of images first scaled to ``[0, 1]``
             (see :func:`ab_plugin.data.normalize`).
         meta: free-form provenance (imbalance, profile, per-class counts, source path, ...).
+        val: a validation split the dataset ships (ImageNet-LT's, Places-LT's): a search validates on it
+            instead of splitting one off ``train``; ``None`` for the others.
     """
 
     name: str
-    train: ImageData
-    test: ImageData
+    train: Split
+    test: Split
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     meta: dict[str, Any] = field(default_factory=dict)
+    val: Split | None = None
 
     @property
     def num_classes(self) -> int:

@@ -225,7 +225,8 @@ def test_datasets_use_the_registry_idiom():
     from ab_plugin.data import _datasets, create_dataset, list_datasets, register_dataset
 
     assert isinstance(_datasets._DATASETS, Registry)
-    assert list_datasets() == ["digits-lt", "digits-lt-groups", "cifar10-lt", "cifar100-lt", "imagefolder"]
+    assert list_datasets() == ["digits-lt", "digits-lt-groups", "cifar10-lt", "cifar100-lt", "imagefolder",
+                               "imagenet-lt", "places-lt", "inat2018", "listfile"]
     with pytest.raises(ValueError, match="unknown dataset 'mnist': choose from 'digits-lt'"):
         create_dataset("mnist")
     with pytest.raises(ValueError, match="takes no ':' argument"):

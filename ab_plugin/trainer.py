@@ -322,7 +322,7 @@ class Trainer:
         engine = self.upper.engine
         wants_features = getattr(engine, "problem", ModelProblem) is FeatureProblem  # a plain callable gets the model
         problem = self._feature_problem() if wants_features else self._model_problem()
-        grads = engine(problem)
+        grads = self._with_entropy_bonus(engine(problem))
         lr_scale = lr_at(st.step, self.steps_per_epoch, cfg) / cfg.lr if cfg.upper_decay else 1.0
         norm = self.upper_level.step(grads, lr_scale=lr_scale)
         if norm is None:
@@ -333,6 +333,14 @@ class Trainer:
             st.hyper_steps += 1
         for cb in self.callbacks:
             getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, self.upper_level.last_norm, norm is None)
+
+    def _with_entropy_bonus(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Hypergradients of the objective minus ``augment_entropy`` x the policy's mean gate entropy."""
+        weight = self.cfg.augment_entropy
+        if not weight or self.policy is None or not list(getattr(self.policy, "hparameters", list)()):
+            return grads
+        extra = torch.autograd.grad(-weight * self.policy.gate_entropy(), self.hparams, allow_unused=True)
+        return [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]
 
     def _bad(self, what: str) -> None:
         self._bad_in_row += 1

@@ -16,7 +16,8 @@ from . import _ops
 from ._cutout import Cutout
 from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
 
-__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LOGIT_LIMIT"]
+__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LEARNED_KINDS",
+           "LOGIT_LIMIT"]
 
 DEFAULT_OPS: tuple[str, ...] = (
     "translate",
@@ -222,6 +223,17 @@ class ClassPolicy(nn.Module):
             if isinstance(p, nn.Parameter) and p.numel() > 0:
                 out.append(p)
         return out
+
+    def gate_entropy(self) -> Tensor:
+        """Mean Bernoulli entropy of the per-class op probabilities, in nats (``0`` .. ``log 2``), differentiable.
+
+        A bonus on it in the upper objective keeps gates from collapsing to never / always while the
+        validation signal on them is weak (the straight-through gradient reaches only the images near a gate's
+        threshold)."""
+        z = self._expand(self.probability_logit)
+        p = torch.sigmoid(z)
+        # H(p) = softplus(z) - p z, stable for large |z|
+        return (nn.functional.softplus(z) - p * z).mean()
 
     def per_class(self) -> dict[str, dict[str, list[float]]]:
         """Expanded per-class values, ``{op: {"probability": [C], "magnitude": [C]}}`` (no ``magnitude`` for
@@ -442,6 +454,15 @@ def _fixed(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> Class
     return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
 
 
+@POLICIES.register("generic")
+def _generic(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy:
+    # one learned policy for every class: the sharing basis is a single all-ones column
+    if basis is not None:
+        raise ValueError("policy kind 'generic' shares one policy across all classes and takes no basis")
+    kw.setdefault("learnable", True)
+    return ClassPolicy(num_classes, basis=torch.ones(num_classes, 1), **kw)
+
+
 @POLICIES.register("none")
 def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
     return None
@@ -449,16 +470,22 @@ def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
 
 POLICY_KINDS: tuple[str, ...] = tuple(POLICIES.names())
 
+LEARNED_KINDS: tuple[str, ...] = ("generic", "learned")
+"""Kinds whose probabilities and magnitudes the search learns (``generic``: one policy for all classes;
+``learned``: one per class, PDA, shared through the loss's basis)."""
+
 
 def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy | None:
     """Create an augmentation policy by kind.
 
     Args:
-        kind: ``"learned"`` (learnable :class:`ClassPolicy`), ``"fixed"`` (the standard CIFAR random crop
-            with 4 px zero padding + horizontal flip, no parameters) or ``"none"`` (no augmentation).
+        kind: ``"learned"`` (learnable per-class :class:`ClassPolicy`, PDA), ``"generic"`` (one learnable
+            policy shared by all classes), ``"fixed"`` (the standard CIFAR random crop with 4 px zero padding
+            + horizontal flip, no parameters) or ``"none"`` (no augmentation).
         num_classes: number of classes ``C``.
         basis: optional ``[C, k]`` sharing matrix for ``"learned"``.
-        **kw: forwarded to :class:`ClassPolicy` (``"learned"``; ``"fixed"`` accepts ``padding`` only).
+        **kw: forwarded to :class:`ClassPolicy` (``"learned"``, ``"generic"``; ``"fixed"`` accepts ``padding``
+            only).
 
     Returns:
         a module ``policy(x, y) -> x`` or ``None`` for ``"none"`` (callers skip augmentation).

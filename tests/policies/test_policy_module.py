@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -239,10 +241,36 @@ def test_create_policy_kinds() -> None:
     assert create_policy("none", 4) is None
     frozen = create_policy("learned", 4, learnable=False)
     assert isinstance(frozen, ClassPolicy) and frozen.hparameters() == []
-    with pytest.raises(ValueError, match="'learned', 'fixed', 'none'"):
+    with pytest.raises(ValueError, match="'learned', 'fixed', 'generic', 'none'"):
         create_policy("randaugment", 4)
     with pytest.raises(ValueError, match="unknown augmentation op"):
         ClassPolicy(3, ("rotate", "posterize"))
+
+
+def test_generic_policy_is_one_policy_for_all_classes() -> None:
+    generic = create_policy("generic", 5, init_probability=0.1, init_magnitude=0.2)
+    assert [p.shape for p in generic.hparameters()] == [(1, len(DEFAULT_OPS)), (1, len(DEFAULT_OPS))]
+    for entry in generic.per_class().values():
+        for vals in entry.values():
+            assert max(vals) == min(vals)
+    torch.testing.assert_close(generic.probability, torch.full((5, len(DEFAULT_OPS)), 0.1))
+    x, y = _images(100, seed=1), torch.arange(100) % 5  # enough images that every op fires somewhere
+    generic(x, y).square().sum().backward()
+    assert all((p.grad != 0).all() for p in generic.hparameters())
+    with pytest.raises(ValueError, match="no basis"):
+        create_policy("generic", 5, basis=torch.eye(5))
+
+
+def test_gate_entropy_is_mean_bernoulli_entropy() -> None:
+    policy = ClassPolicy(2, ("rotate", "flip"), learnable=True)
+    _set(policy, [0.5, 0.1], 0.3)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    entropy = policy.gate_entropy()
+    assert entropy.item() == pytest.approx((h(0.5) + h(0.1)) / 2, rel=1e-5)
+    entropy.backward()
+    grad = policy.probability_logit.grad
+    assert (grad[0] == 0).all() or grad[0].abs().max() < 1e-6  # the maximum at p = 0.5
+    assert (grad[1] > 0).all()  # below 0.5, more probability is more entropy
 
 
 def test_identity_basis_equals_per_class() -> None:

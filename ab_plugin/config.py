@@ -39,6 +39,9 @@ class Config:
     augment_init_probability: float = 0.1
     augment_init_magnitude: float = 0.1
     augment_entropy: float = 0.0  # generic / learned: weight of the gate-entropy bonus on the upper objective
+    # generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), or plus
+    # the backbone's response to A, its inverse curvature taken as lr x interval (backbone: ~3 steps per hyper-step)
+    augment_hypergrad: str = "backbone"
     # loss family
     loss: str = "autobalance"  # ce | la | cdt | vs | ldam | ldam-drw | autobalance
     tau: float = 1.0
@@ -141,6 +144,8 @@ class Config:
             v = getattr(self, name)
             need(0 < v < 1, f"--{name.replace('_', '-')} must be in the open interval (0, 1), got {v}")
         need(self.augment_entropy >= 0, f"--augment-entropy must be >= 0, got {self.augment_entropy}")
+        need(self.augment_hypergrad in ("head", "backbone"),
+             f"--augment-hypergrad must be head or backbone, got {self.augment_hypergrad!r}")
         need(self.upper_optimizer in ("adam", "sgd"),
              f"--upper-optimizer must be adam or sgd, got {self.upper_optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

@@ -57,7 +57,7 @@ def test_the_entropy_bonus_grows_rarely_applied_ops(tiny_bundle):
     assert mean_probability(bonus) > mean_probability(plain) + 0.01  # 6 hyper-steps of a warming-up upper lr
 
 
-def test_the_backbone_term_changes_the_policy_not_the_loss_path(tiny_bundle):
+def test_the_backbone_term_changes_the_learned_policy(tiny_bundle):
     head, backbone = _policy_search(tiny_bundle, augment_hypergrad="head"), _policy_search(tiny_bundle)
     assert head.augmentation["per_class"] != backbone.augmentation["per_class"]
     assert head.hyper_steps == backbone.hyper_steps

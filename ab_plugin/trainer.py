@@ -362,7 +362,9 @@ class Trainer:
                 self.model.train()
 
         step = lr_at(self.state.step, self.steps_per_epoch, self.cfg) * self.cfg.interval
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the draws above leave the run's random stream as it was
             extra = backbone_policy_grad(train_loss, val_loss, backbone, policy_params, step)
         where = {id(h): i for i, h in enumerate(self.hparams)}
         grads = list(grads)

@@ -35,7 +35,15 @@ class Config:
     warmup_epochs: float = 2.0
     schedule: str = "cosine"  # cosine | step
     milestones: tuple[float, ...] = (0.733, 0.867)  # step schedule: ×0.1 at these fractions
-    augment: str = "fixed"  # fixed (crop + flip) | learned (per-class policy) | none
+    # fixed (crop + flip) | generic (one learned policy for all classes) | learned (per-class policy, PDA) | none
+    augment: str = "fixed"
+    # generic / learned: every op starts near the identity (rarely applied, weak) and the upper level grows it
+    augment_init_probability: float = 0.1
+    augment_init_magnitude: float = 0.1
+    augment_entropy: float = 0.0  # generic / learned: weight of the gate-entropy bonus on the upper objective
+    # generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), or plus
+    # the backbone's response to A, its inverse curvature taken as lr x interval (backbone: ~3 steps per hyper-step)
+    augment_hypergrad: str = "backbone"
     # loss family
     loss: str = "autobalance"  # ce | la | cdt | vs | ldam | ldam-drw | autobalance
     tau: float = 1.0
@@ -137,6 +145,12 @@ class Config:
              f"milestones are fractions in (0, 1), got {list(self.milestones)}")
         need(self.schedule in ("cosine", "step"), f"--schedule must be cosine or step, got {self.schedule!r}")
         known("augment", self.augment, list_policies())
+        for name in ("augment_init_probability", "augment_init_magnitude"):
+            v = getattr(self, name)
+            need(0 < v < 1, f"--{name.replace('_', '-')} must be in the open interval (0, 1), got {v}")
+        need(self.augment_entropy >= 0, f"--augment-entropy must be >= 0, got {self.augment_entropy}")
+        need(self.augment_hypergrad in ("head", "backbone"),
+             f"--augment-hypergrad must be head or backbone, got {self.augment_hypergrad!r}")
         need(self.upper_optimizer in ("adam", "sgd"),
              f"--upper-optimizer must be adam or sgd, got {self.upper_optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

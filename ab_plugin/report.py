@@ -82,6 +82,28 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def plot_augmentation_movement(counts: Sequence[int], movement: dict[str, Any], path: Path) -> None:
+    """Signed change of each class's op probabilities and magnitudes from the search's start (heat maps,
+    classes ordered by training count, largest first; fractions of the op's range)."""
+    plt = _pyplot()
+    order = sorted(range(len(counts)), key=lambda i: (-counts[i], i))
+    per_class = movement["per_class"]
+    keys = [k for k in ("probability", "magnitude") if any(k in e for e in per_class.values())]
+    lim = max(1e-3, movement["max_abs"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 1.5 + 0.22 * len(counts)), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        ops = [op for op, e in per_class.items() if key in e]
+        data = [[per_class[op][key][i] for op in ops] for i in order]
+        im = ax.imshow(data, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(order)), [f"{i} ({counts[i]})" for i in order], fontsize=7)
+        ax.set_title(f"{key}: change from {movement['start'][key]:.2f}")
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle("Learned augmentation: movement from the start, per class")
+    _save(fig, path)
+    plt.close(fig)
+
+
 def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
     """Overall, balanced and worst-class test error (%) per method, and many / medium / few-shot accuracy (%,
     ``-`` for a group without classes)."""

@@ -235,12 +235,25 @@ def final_stage(results: dict[str, RunResult]) -> str:
     return next((k for k in ("retrain", "search") if k in results), next(iter(results)))
 
 
+def augmentation_movement(results: dict[str, RunResult]) -> dict[str, Any] | None:
+    """How far the searched augmentation policy moved from its start, per class and op (see
+    :func:`ab_plugin.policies.policy_movement`); ``None`` when the search learned no policy."""
+    from .policies import LEARNED_KINDS, policy_movement
+
+    s = results.get("search")
+    if s is None or s.augmentation is None or s.config.get("augment") not in LEARNED_KINDS:
+        return None
+    return policy_movement(s.augmentation, s.config["augment_init_probability"], s.config["augment_init_magnitude"])
+
+
 def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
     """A run's summary: α*, metrics of the final model (test balanced error under ``balanced_error``),
-    per-stage times and skipped-step counts."""
+    per-stage times and skipped-step counts; ``augmentation_movement`` when the search learned a policy."""
     final_name = final_stage(results)
     final = results[final_name]
+    movement = augmentation_movement(results)
     return {
+        **({"augmentation_movement": movement} if movement is not None else {}),
         "final": final_name,
         "classes": final.classes,
         "class_counts": final.class_counts,
@@ -277,7 +290,7 @@ def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any]
 
 
 def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
-    from .report import plot_alpha_trajectory, plot_alpha_vs_frequency, plot_per_class_error
+    from .report import plot_alpha_trajectory, plot_alpha_vs_frequency, plot_augmentation_movement, plot_per_class_error
 
     paths = []
     final = results[final_stage(results)]
@@ -298,5 +311,10 @@ def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
         if s.history:
             p = out / "alpha_trajectory.png"
             plot_alpha_trajectory(s.history, p)
+            paths.append(p)
+        movement = augmentation_movement(results)
+        if movement is not None:
+            p = out / "augmentation_movement.png"
+            plot_augmentation_movement(s.class_counts, movement, p)
             paths.append(p)
     return paths

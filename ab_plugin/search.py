@@ -20,6 +20,7 @@ from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
 from .policies import (
     FORMAT_VERSION,
+    LEARNED_KINDS,
     LOSS_KEYS,
     ClassPolicy,
     PolicyFile,
@@ -98,6 +99,20 @@ def _needs_groups(cfg: Config, data: Split) -> None:
         )
 
 
+def _policy_options(cfg: Config, basis: torch.Tensor | None) -> dict[str, Any]:
+    """Keyword options of the search's policy: a per-class (PDA) policy shares its parameters across classes
+    the way the loss does; a learned kind starts near the identity (``augment_init_*``)."""
+    if cfg.augment not in LEARNED_KINDS:
+        return {}
+    return {"init_probability": cfg.augment_init_probability, "init_magnitude": cfg.augment_init_magnitude,
+            **({"basis": basis} if cfg.augment == "learned" else {})}
+
+
+def _unlearned(kind: str) -> str:
+    """The policy kind of a run that learns nothing: a learned kind trains with the fixed crop + flip."""
+    return "fixed" if kind in LEARNED_KINDS else kind
+
+
 def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
     """A fresh backbone, seeded so that every method of one seed starts from the same weights."""
     torch.manual_seed(cfg.seed)
@@ -160,10 +175,8 @@ class AutoBalance:
         sharing = create_sharing(cfg.sharing, counts)
         loss = create_loss("autobalance", counts, init=cfg.init, learn=cfg.learn, sharing=sharing,
                            tau=cfg.tau, gamma=cfg.gamma)
-        # a learned policy shares its parameters across classes the same way the loss does
         basis = None if sharing.is_identity else sharing.basis
-        policy = (create_policy("learned", train.num_classes, basis=basis) if cfg.augment == "learned"
-                  else create_policy(cfg.augment, train.num_classes))
+        policy = create_policy(cfg.augment, train.num_classes, **_policy_options(cfg, basis))
         upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
         self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
@@ -214,11 +227,11 @@ def retrain(
             "retrain on the dataset the search ran on"
         )
     loss = fixed_loss_from_alpha(alpha)
-    if augmentation is not None and cfg.augment == "learned":
+    if augmentation is not None and cfg.augment in LEARNED_KINDS:
         policy = ClassPolicy(n, augmentation["ops"], learnable=False, crop_flip=bool(augmentation["crop_flip"]))
         policy.load_per_class(augmentation["per_class"])
     else:
-        policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, n)
+        policy = create_policy(_unlearned(cfg.augment), n)
     model = model if model is not None else _model(cfg, n, "retrain")
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       test=bundle.test, run_dir=run_dir, callbacks=callbacks)
@@ -239,7 +252,7 @@ def train_baseline(
     """Train with a fixed loss of the family (ce, la, cdt, vs, ldam, ldam-drw) on the training set."""
     counts = bundle.train.class_counts()
     loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
-    policy = create_policy("fixed" if cfg.augment == "learned" else cfg.augment, bundle.train.num_classes)
+    policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)
     model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       test=bundle.test, run_dir=run_dir, callbacks=callbacks)

@@ -22,7 +22,7 @@ from torch import nn
 from .config import Config
 from .data import Split, create_loader, normalize
 from .evaluation import metrics_of, predict
-from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, frozen_norm_stats
+from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, frozen_norm_stats
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
 from .models import split_model
@@ -324,7 +324,7 @@ class Trainer:
         engine = self.upper.engine
         wants_features = getattr(engine, "problem", ModelProblem) is FeatureProblem  # a plain callable gets the model
         problem = self._feature_problem() if wants_features else self._model_problem()
-        grads = engine(problem)
+        grads = self._with_entropy_bonus(self._with_backbone_term(engine(problem)))
         lr_scale = lr_at(st.step, self.steps_per_epoch, cfg) / cfg.lr if cfg.upper_decay else 1.0
         norm = self.upper_level.step(grads, lr_scale=lr_scale)
         if norm is None:
@@ -335,6 +335,52 @@ class Trainer:
             st.hyper_steps += 1
         for cb in self.callbacks:
             getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, self.upper_level.last_norm, norm is None)
+
+    def _with_backbone_term(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With ``augment_hypergrad="backbone"`` and the head engine (the others' θ holds the backbone already),
+        adds the backbone's response to the policy to A's hypergradient
+        (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, on the newest training batch and one validation batch,
+        with the backbone's inverse curvature taken as the learning rate times the steps per hyper-step)."""
+        policy_params = list(getattr(self.policy, "hparameters", list)()) if self.policy is not None else []
+        head_engine = getattr(self.upper.engine, "problem", ModelProblem) is FeatureProblem  # full engines have it
+        if self.cfg.augment_hypergrad != "backbone" or not policy_params or not head_engine:
+            return grads
+        head = {id(p) for p in self.classifier.parameters()}
+        backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
+        _, y, x = self._train_buffer[-1]
+        xv, yv, *gv = self._val_batches()[0]
+        seed = self.cfg.seed * 100003 + self.state.step
+
+        def train_loss() -> torch.Tensor:
+            torch.manual_seed(seed)  # the same augmentation draws at both ends of the difference
+            with frozen_norm_stats(self.model), self._autocast():
+                return self.loss(self.model(self._prepare(x, y, True)).float(), y)
+
+        def val_loss() -> torch.Tensor:
+            self.model.eval()
+            try:
+                return self.upper.objective(self.val_forward(xv), yv, gv[0] if gv else None)
+            finally:
+                self.model.train()
+
+        step = lr_at(self.state.step, self.steps_per_epoch, self.cfg) * self.cfg.interval
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the draws above leave the run's random stream as it was
+            extra = backbone_policy_grad(train_loss, val_loss, backbone, policy_params, step)
+        where = {id(h): i for i, h in enumerate(self.hparams)}
+        grads = list(grads)
+        for a, e in zip(policy_params, extra, strict=True):
+            grads[where[id(a)]] = grads[where[id(a)]] + e
+        return grads
+
+    def _with_entropy_bonus(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Hypergradients of the objective minus ``augment_entropy`` x the policy's mean gate entropy."""
+        weight = self.cfg.augment_entropy
+        if not weight or self.policy is None or not list(getattr(self.policy, "hparameters", list)()):
+            return grads
+        extra = torch.autograd.grad(-weight * self.policy.gate_entropy(), self.hparams, allow_unused=True)
+        return [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]
 
     def _bad(self, what: str) -> None:
         self._bad_in_row += 1

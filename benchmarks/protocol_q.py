@@ -34,6 +34,7 @@ AUTOBALANCE = {
     "ab-delta": {"init": "neutral", "learn": ("logit_scale",)},
     "ab-dl": {"init": "neutral", "learn": ("logit_bias", "logit_scale")},
     "ab-dl-la": {"init": "la", "learn": ("logit_bias", "logit_scale")},
+    "ab-dl-generic": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "generic"},
     "ab-dl-aug": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "learned"},
     "ab-tau": {"init": "la", "learn": ("tau",)},
 }

@@ -35,6 +35,9 @@ ROWS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "plain": (None, {}),
     "head": ("head", {"interval": 5}),
     "head-paper": ("head", {"interval": 20}),
+    # learned per-class augmentation (PDA): A's hypergradient from the head only, or plus the backbone term
+    "head-pda": ("head", {"interval": 5, "augment": "learned", "augment_hypergrad": "head"}),
+    "head-pda-backbone": ("head", {"interval": 5, "augment": "learned", "augment_hypergrad": "backbone"}),
     "cg": ("cg", {"interval": 20, "engine_options": {"iters": 5}}),
     "neumann": ("neumann", {"interval": 20, "engine_options": {"terms": 5, "step": 0.1}}),
     "unrolled": ("unrolled", {"interval": 20, "engine_options": {"steps": 1}}),

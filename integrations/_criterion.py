@@ -40,8 +40,10 @@ from ab_plugin.hypergrad import (
 from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing, to_soft_targets
 from ab_plugin.models import split_model, unwrap_model
 from ab_plugin.objectives import create_objective
+from ab_plugin.policies import ClassPolicy, policy_from_module
 from ab_plugin.upper import UpperLevel, UpperOptimizer
 
+from ._live_policy import LivePolicy
 from ._val_stream import Batch, ValSource, ValStream, as_source
 
 __all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
@@ -154,6 +156,10 @@ class AutoBalanceCriterion(nn.Module):
             timm / Lightning callbacks do, after the optimizer step).
         save_buffer: keep the buffered training features (or inputs) in :meth:`state_dict` so that a resumed
             run takes exactly the same next hyper-step.
+        policy: a learnable :class:`~ab_plugin.policies.ClassPolicy` (A) to learn beside α (``head`` engine
+            only); the loop augments each training batch with :meth:`augment` before its forward.
+        pixel_mean, pixel_std: the per-channel normalisation of the training batches (the policy works on
+            ``[0, 1]`` images); ``None``: the batches are in ``[0, 1]``.
 
     Shapes: ``forward(logits [B, C], target [B] int or [B, C] float) -> scalar``.
 
@@ -192,6 +198,9 @@ class AutoBalanceCriterion(nn.Module):
         weight_decay: float = _DEFAULTS.weight_decay,
         auto_step: bool = True,
         save_buffer: bool = True,
+        policy: ClassPolicy | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if interval < 1 or hyper_batches < 1 or val_every < 1 or (val_batches is not None and val_batches < 1):
@@ -213,9 +222,12 @@ class AutoBalanceCriterion(nn.Module):
         self.hyper_batches, self.val_every = int(hyper_batches), int(val_every)
         self.weight_decay = float(weight_decay)
         self.auto_step, self.save_buffer, self.upper_decay = bool(auto_step), bool(save_buffer), bool(upper_decay)
-        for h in self.loss.hparameters():
+        self.live_policy = LivePolicy(policy, pixel_mean, pixel_std) if policy is not None else None
+        if policy is not None and not self.uses_features:
+            raise ValueError("learning an augmentation policy needs the head engine (engine='head')")
+        for h in self._hparams:
             h.requires_grad_(False)
-        self.upper = UpperLevel(self.loss.hparameters(), optimizer=upper_optimizer, lr=upper_lr,
+        self.upper = UpperLevel(self._hparams, optimizer=upper_optimizer, lr=upper_lr,
                                 momentum=upper_momentum, weight_decay=upper_weight_decay, clip=clip,
                                 warmup_steps=upper_warmup, average_from=average_from)
         self.steps = 0  # lower steps counted (saved)
@@ -239,6 +251,12 @@ class AutoBalanceCriterion(nn.Module):
     def uses_features(self) -> bool:
         """Whether the engine works on captured classifier inputs (``head``) rather than input batches."""
         return getattr(self.engine, "problem", ModelProblem) is FeatureProblem
+
+    @property
+    def _hparams(self) -> list[nn.Parameter]:
+        """α's raw parameters, then the policy's (A), in the upper level's order."""
+        policy = [] if self.live_policy is None else self.live_policy.policy.hparameters()
+        return [*self.loss.hparameters(), *policy]
 
     @property
     def is_attached(self) -> bool:
@@ -296,6 +314,20 @@ class AutoBalanceCriterion(nn.Module):
         self._pending = None
 
     # --------------------------------------------------------------------------------------- the loss
+    def augment(self, x: Tensor, y: Tensor) -> Tensor:
+        """Augment a training batch with the learned policy (call it before the batch's forward).
+
+        Args:
+            x: ``[B, 3, H, W]`` float batch as the model takes it (normalised with ``pixel_mean`` / ``pixel_std``).
+            y: ``[B]`` int labels (before any mixup).
+
+        Returns:
+            the augmented batch, same shape, normalisation and dtype (no graph).
+        """
+        if self.live_policy is None:
+            raise RuntimeError("this AutoBalanceCriterion has no policy: pass policy=ClassPolicy(...) to learn one")
+        return self.live_policy(x, y)
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """The parametric loss with the current α (a constant for the caller's backward).
 
@@ -338,7 +370,7 @@ class AutoBalanceCriterion(nn.Module):
 
     def _count_step(self) -> bool:
         self.steps += 1
-        return self.steps > self.start_step and self.steps % self.interval == 0 and bool(self.loss.hparameters())
+        return self.steps > self.start_step and self.steps % self.interval == 0 and bool(self._hparams)
 
     def step(self) -> float | None:
         """Count one lower step and take a hyper-step now when due (call it after the optimizer step).
@@ -353,7 +385,7 @@ class AutoBalanceCriterion(nn.Module):
     # ---------------------------------------------------------------------------------- hyper-step
     @contextlib.contextmanager
     def _hparams_live(self) -> Iterator[list[nn.Parameter]]:
-        hparams = list(self.loss.hparameters())
+        hparams = self._hparams
         for h in hparams:
             h.requires_grad_(True)
         self._capturing = False
@@ -391,6 +423,12 @@ class AutoBalanceCriterion(nn.Module):
         model = att.model
         train = self._train_buffer(device)
         if self.uses_features:
+            replayed = None if self.live_policy is None else self.live_policy.replay(train[-1][1])
+            if replayed is not None:
+                # the newest batch's features rebuilt with a graph to the policy (train mode, norm statistics
+                # frozen by the hyper-step), in place of the captured ones
+                att.model.train()
+                train[-1] = (att.features(replayed).float(), train[-1][1])
             return FeatureProblem(att.classifier, self.loss, self.objective, list(hparams), train,
                                   self._val_features(device), self.weight_decay)
 
@@ -427,7 +465,7 @@ class AutoBalanceCriterion(nn.Module):
                 "AutoBalanceCriterion is not attached: call criterion.attach(model, val_loader) before training "
                 "(to train with α fixed, use criterion.loss instead)"
             )
-        if not self.loss.hparameters():
+        if not self._hparams:
             return None
         if not self._buffer:
             raise RuntimeError(
@@ -470,6 +508,11 @@ class AutoBalanceCriterion(nn.Module):
     def alpha(self) -> dict[str, list[float]]:
         """Per-class ``class_weight``, ``logit_bias``, ``logit_scale`` (what a policy file stores)."""
         return self.loss.per_class()
+
+    @property
+    def augmentation(self) -> dict[str, Any] | None:
+        """The learned policy as a policy file's ``augmentation`` section; ``None`` without a policy."""
+        return None if self.live_policy is None else policy_from_module(self.live_policy.policy)
 
     def summary(self) -> dict[str, Any]:
         """Counters and α, ready for a logger."""

@@ -29,6 +29,8 @@ under ``checkpoint["callbacks"]["AutoBalanceCallback"]``); ``trainer.fit(module,
 callback continues with the same α.
 
 Hyper-steps run in ``on_train_batch_end`` (after the optimizer step) every ``interval`` training batches.
+With ``policy=ClassPolicy(...)`` (and ``pixel_mean`` / ``pixel_std``, the batches' normalisation) the callback
+also learns per-class augmentation A: ``on_train_batch_start`` augments each ``(x, y)`` batch's images in place.
 Validation batches for them come from ``val_loader`` or, if not given, from the trainer's validation
 dataloader (``fit(val_dataloaders=...)``, the datamodule's or the module's ``val_dataloader``); they must be
 ``(x, y)`` batches that the network (``model_attr``) takes as they are.
@@ -176,6 +178,18 @@ class AutoBalanceCallback(_Base):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = self._network(pl_module)
         self.criterion.attach(net, self.val_loader if self.val_loader is not None else self._val_batches)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # with a learned policy the batch's images are replaced by augmented ones, so training_step sees them as
+        # usual: in the batch list (default collate), or written into the collated tensor of a tuple batch
+        if self.criterion.live_policy is None or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            return
+        augmented = self.criterion.augment(batch[0], batch[1])
+        if isinstance(batch, list):
+            batch[0] = augmented
+        else:
+            batch[0].copy_(augmented)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -7,6 +7,7 @@ The pattern, in your own timm loop (``train.py``-shaped)::
     callback.on_train_start(model)
     for epoch in range(epochs):
         for x, y in loader:
+            x = callback.augment(x, y)                               # only with policy=ClassPolicy(...)
             x, y = mixup_fn(x, y)                                    # soft targets are fine
             out = task(x, y)
             optimizer.zero_grad(); out["loss"].backward(); optimizer.step()
@@ -60,7 +61,9 @@ class AutoBalanceTimmCallback:
             may also be given to :meth:`on_train_start`.
         criterion: an existing :class:`AutoBalanceCriterion` (its ``auto_step`` is switched off).
         **criterion_options: options of :class:`AutoBalanceCriterion` (``init``, ``learn``, ``engine``,
-            ``interval``, ``upper_lr``, ...).
+            ``interval``, ``upper_lr``, ...; ``policy``, ``pixel_mean``, ``pixel_std`` to learn per-class
+            augmentation A as well: then pass each batch through :meth:`augment`; A learns from the steps whose
+            targets are the batch's hard labels, i.e. not from mixed batches).
     """
 
     def __init__(
@@ -87,6 +90,17 @@ class AutoBalanceTimmCallback:
         if self.val_loader is None:
             raise ValueError("AutoBalanceTimmCallback needs a validation loader: pass val_loader=...")
         self.criterion.attach(model, self.val_loader, optimizer=optimizer)
+
+    def augment(self, x: Tensor, y: Tensor) -> Tensor:
+        """Augment a training batch with the learned policy (``policy=`` option), before mixup and the forward.
+
+        Args:
+            x: ``[B, 3, H, W]`` batch as the model takes it; y: ``[B]`` int labels.
+
+        Returns:
+            the augmented batch (same shape and normalisation).
+        """
+        return self.criterion.augment(x, y)
 
     def on_batch_end(self, model: nn.Module, logits: Tensor, target: Tensor) -> float | None:
         """After the optimizer step of one batch: hyper-step on α when due.

@@ -26,18 +26,19 @@ cutout        grey (0.5) square of side ``m * 0.5`` of the     fraction of ``min
 ============  ===============================================  =========================================
 
 The geometric ops (translate, rotate, shear, scale, flip) are composed into one ``3 x 3`` matrix
-per sample and applied by a single bilinear ``grid_sample`` warp with zero padding.
+per sample by ``kornia.geometry`` and applied by a single bilinear warp with zero padding; the colour
+ops are ``kornia.enhance``'s; cutout is a kornia ``OperationBase`` (``ab_plugin.policies._cutout``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import kornia
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 from torch import Tensor
 
 __all__ = [
@@ -48,20 +49,11 @@ __all__ = [
     "OpSpec",
     "relaxed_bernoulli_gate",
     "crop_flip",
-    "translate_matrix",
-    "rotate_matrix",
-    "shear_matrix",
-    "scale_matrix",
-    "flip_matrix",
-    "blend_matrix",
-    "matmul3",
-    "cutout_mask",
-    "warp_affine",
+    "affine_matrix",
+    "warp",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_saturation",
-    "soft_cutout",
-    "CUTOUT_FILL",
 ]
 
 
@@ -104,10 +96,6 @@ COLOR_OPS: tuple[str, ...] = ("brightness", "contrast", "saturation")
 
 APPLY_ORDER: tuple[str, ...] = GEOMETRIC_OPS + COLOR_OPS + ("cutout",)
 """Order in which a policy applies its ops, whatever order they are listed in."""
-
-
-CUTOUT_FILL: float = 0.5
-"""Value written by cutout (mid grey, close to the CIFAR mean) in ``[0, 1]`` units."""
 
 
 def relaxed_bernoulli_gate(logits: Tensor, noise: Tensor, temperature: float | Tensor) -> Tensor:
@@ -160,145 +148,47 @@ def crop_flip(x: Tensor, offset: Tensor, flip: Tensor, padding: int = 4) -> Tens
     return torch.gather(xp.reshape(b, c, -1), 2, index).reshape(b, c, h, w)
 
 
-def _eye(b: int, like: Tensor) -> Tensor:
-    return torch.eye(3, dtype=like.dtype, device=like.device).expand(b, 3, 3)
+def affine_matrix(translation: Tensor, angle: Tensor, zoom: Tensor, shear: Tensor, mirror: Tensor,
+                  height: int, width: int) -> Tensor:
+    """One forward affine matrix per sample, composed by ``kornia.geometry.transform.get_affine_matrix2d``.
 
-
-def _affine(a: Tensor, bb: Tensor, c: Tensor, d: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
-    zero = torch.zeros_like(a)
-    one = torch.ones_like(a)
-    return torch.stack(
-        [torch.stack([a, bb, tx], -1), torch.stack([c, d, ty], -1), torch.stack([zero, zero, one], -1)], -2
-    )
-
-
-def translate_matrix(shift: Tensor) -> Tensor:
-    """Translation matrices.
+    The image is sheared, mirrored and zoomed, rotated (all about the image centre ``((W-1)/2, (H-1)/2)``)
+    and then translated. Zoom and mirror commute with the shear about the same centre, so this is the order
+    scale, shear, rotate, translate of :data:`GEOMETRIC_OPS` with the mirror folded into the scale.
 
     Args:
-        shift: ``[B, 2]`` shift ``(dx, dy)`` in pixels (x right, y down).
+        translation: ``[B, 2]`` shift ``(dx, dy)`` in pixels (x right, y down).
+        angle: ``[B]`` rotation in degrees (kornia: positive is clockwise on screen).
+        zoom: ``[B]`` isotropic zoom factor (ratio; > 1 enlarges the content).
+        shear: ``[B, 2]`` shear factors ``(k_x, k_y)`` (tangent of the shear angle; kornia shears by
+            ``-k``, which the random sign of the policies makes immaterial).
+        mirror: ``[B]`` ``1.0`` (keep) or ``-1.0`` (horizontal mirror); in between scales x.
+        height: image height ``H`` in pixels.
+        width: image width ``W`` in pixels.
 
     Returns:
-        ``[B, 3, 3]`` homogeneous matrices in pixel coordinates.
+        ``[B, 3, 3]`` homogeneous matrices in pixel coordinates, differentiable w.r.t. every argument.
     """
-    one = torch.ones_like(shift[:, 0])
-    zero = torch.zeros_like(one)
-    return _affine(one, zero, zero, one, shift[:, 0], shift[:, 1])
+    b = angle.shape[0]
+    center = angle.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0]).expand(b, 2)
+    scale = torch.stack([zoom * mirror, zoom], -1)
+    return get_affine_matrix2d(translation, center, scale, angle, sx=torch.atan(shear[:, 0]),
+                               sy=torch.atan(shear[:, 1]))
 
 
-def rotate_matrix(angle: Tensor) -> Tensor:
-    """Rotation matrices about the image centre.
-
-    Args:
-        angle: ``[B]`` angle in radians (positive turns x towards y, i.e. clockwise on screen).
-
-    Returns:
-        ``[B, 3, 3]`` homogeneous matrices in centred pixel coordinates.
-    """
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    zero = torch.zeros_like(angle)
-    return _affine(cos, -sin, sin, cos, zero, zero)
-
-
-def shear_matrix(shear_x: Tensor, shear_y: Tensor) -> Tensor:
-    """Shear matrices ``[[1, shear_x], [shear_y, 1]]`` about the centre.
-
-    Args:
-        shear_x: ``[B]`` x-shear factor (x += shear_x * y), dimensionless (tan of the shear angle).
-        shear_y: ``[B]`` y-shear factor (y += shear_y * x).
-
-    Returns:
-        ``[B, 3, 3]`` homogeneous matrices in centred pixel coordinates.
-    """
-    one = torch.ones_like(shear_x)
-    zero = torch.zeros_like(shear_x)
-    return _affine(one, shear_x, shear_y, one, zero, zero)
-
-
-def scale_matrix(zoom: Tensor) -> Tensor:
-    """Isotropic scaling about the centre.
-
-    Args:
-        zoom: ``[B]`` zoom factor (ratio; > 1 enlarges the content).
-
-    Returns:
-        ``[B, 3, 3]`` homogeneous matrices in centred pixel coordinates.
-    """
-    zero = torch.zeros_like(zoom)
-    return _affine(zoom, zero, zero, zoom, zero, zero)
-
-
-def flip_matrix(b: int, like: Tensor) -> Tensor:
-    """Horizontal mirror about the centre: ``x -> -x`` in centred pixel coordinates.
-
-    Args:
-        b: batch size.
-        like: tensor giving dtype and device.
-
-    Returns:
-        ``[b, 3, 3]`` matrices.
-    """
-    m = torch.eye(3, dtype=like.dtype, device=like.device).repeat(b, 1, 1)
-    m[:, 0, 0] = -1.0
-    return m
-
-
-def blend_matrix(matrix: Tensor, gate: Tensor) -> Tensor:
-    """``I + gate * (matrix - I)``: the op's matrix where ``gate = 1``, the identity where ``gate = 0``.
-
-    Args:
-        matrix: ``[B, 3, 3]``.
-        gate: ``[B]`` in ``[0, 1]`` (the straight-through gate carries the gradient to the probability).
-
-    Returns:
-        ``[B, 3, 3]``.
-    """
-    eye = _eye(matrix.shape[0], matrix)
-    return eye + gate[:, None, None] * (matrix - eye)
-
-
-def matmul3(a: Tensor, b: Tensor) -> Tensor:
-    """Batched ``a @ b`` for ``[B, 3, 3]`` matrices (elementwise products: faster than ``bmm`` at 3 x 3).
-
-    Args:
-        a: ``[B, 3, 3]``.
-        b: ``[B, 3, 3]``.
-
-    Returns:
-        ``[B, 3, 3]``.
-    """
-    return (a[:, :, :, None] * b[:, None, :, :]).sum(dim=2)
-
-
-def warp_affine(x: Tensor, matrix: Tensor) -> Tensor:
-    """Warp images with forward affine matrices in centred pixel coordinates, one bilinear pass.
-
-    ``matrix`` maps an input pixel position (origin at the image centre, x right, y down, in pixels)
-    to its output position; it is inverted analytically and converted to ``F.affine_grid``'s
-    normalised sampling convention (``align_corners=False``). Outside pixels are zero.
+def warp(x: Tensor, matrix: Tensor) -> Tensor:
+    """Warp images with forward affine matrices in one bilinear pass (``kornia.geometry.transform.warp_affine``).
 
     Args:
         x: ``[B, C, H, W]`` float images.
-        matrix: ``[B, 3, 3]`` forward affine matrices (last row ``0 0 1``).
+        matrix: ``[B, 3, 3]`` forward matrices in pixel coordinates (from :func:`affine_matrix`).
 
     Returns:
-        ``[B, C, H, W]`` warped images, differentiable w.r.t. ``x`` and ``matrix``.
+        ``[B, C, H, W]`` warped images (zero outside the source), differentiable w.r.t. ``x`` and ``matrix``.
     """
-    b, _, h, w = x.shape
-    a, bb, tx = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
-    c, d, ty = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
-    det = a * d - bb * c
-    ia, ib, ic, id_ = d / det, -bb / det, -c / det, a / det
-    itx = -(ia * tx + ib * ty)
-    ity = -(ic * tx + id_ * ty)
-    sx, sy = w / 2.0, h / 2.0
-    # theta = S^-1 A^-1 S with S = diag(W/2, H/2): normalised output -> normalised input coordinates
-    theta = torch.stack(
-        [torch.stack([ia, ib * (sy / sx), itx / sx], -1), torch.stack([ic * (sx / sy), id_, ity / sy], -1)],
-        -2,
-    )
-    grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    h, w = x.shape[-2:]
+    # align_corners=True: pixel centres sit on the integer grid get_affine_matrix2d's centre assumes
+    return warp_affine(x, matrix[:, :2, :], (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -338,49 +228,3 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
         ``[B, 3, H, W]`` ``clamp(factor * x + (1 - factor) * luma(x), 0, 1)``.
     """
     return kornia.enhance.adjust_saturation_with_gray_subtraction(x, factor)
-
-
-def cutout_mask(center: Tensor, side: Tensor, height: int, width: int) -> Tensor:
-    """Anti-aliased square mask: the fraction of each pixel covered by the square.
-
-    Pixel ``i`` covers ``[i, i + 1)``; the square is ``[c - side/2, c + side/2]`` on each axis, so the
-    mask is exactly 0 for ``side = 0`` and its partial edge pixels make it piecewise linear (hence
-    differentiable almost everywhere) in ``side`` and ``center``.
-
-    Args:
-        center: ``[B, 2]`` square centre ``(x, y)`` in pixels (continuous, ``0 .. W`` / ``0 .. H``).
-        side: ``[B]`` side length in pixels (``>= 0``).
-        height: image height ``H`` in pixels.
-        width: image width ``W`` in pixels.
-
-    Returns:
-        ``[B, 1, H, W]`` mask in ``[0, 1]``.
-    """
-    half = side[:, None] / 2.0
-    px = torch.arange(width, device=side.device, dtype=side.dtype)
-    py = torch.arange(height, device=side.device, dtype=side.dtype)
-    cx, cy = center[:, 0:1], center[:, 1:2]
-    cov_x = (torch.minimum(px + 1, cx + half) - torch.maximum(px, cx - half)).clamp(0.0, 1.0)  # [B, W]
-    cov_y = (torch.minimum(py + 1, cy + half) - torch.maximum(py, cy - half)).clamp(0.0, 1.0)  # [B, H]
-    return (cov_y[:, :, None] * cov_x[:, None, :])[:, None]
-
-
-def soft_cutout(x: Tensor, center: Tensor, side: Tensor, fill: float = CUTOUT_FILL) -> Tensor:
-    """Cutout with an anti-aliased square (see :func:`cutout_mask`), differentiable in ``side``.
-
-    Args:
-        x: ``[B, C, H, W]`` float images in ``[0, 1]``.
-        center: ``[B, 2]`` centre ``(x, y)`` in pixels.
-        side: ``[B]`` side length in pixels.
-        fill: value written inside the square (``[0, 1]`` units).
-
-    Returns:
-        ``[B, C, H, W]`` ``x * (1 - mask) + fill * mask``.
-    """
-    mask = cutout_mask(center.to(x.dtype), side.to(x.dtype), x.shape[-2], x.shape[-1])
-    return x + mask * (fill - x)
-
-
-def deg2rad(deg: Tensor) -> Tensor:
-    """Degrees to radians."""
-    return deg * (math.pi / 180.0)

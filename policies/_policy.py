@@ -13,9 +13,11 @@ from ab_plugin._registry import Registry
 from ab_plugin.losses import expand_basis, fit_basis
 
 from . import _ops
+from ._cutout import Cutout
 from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
 
-__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LOGIT_LIMIT"]
+__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LEARNED_KINDS",
+           "LOGIT_LIMIT"]
 
 DEFAULT_OPS: tuple[str, ...] = (
     "translate",
@@ -34,6 +36,9 @@ LOGIT_LIMIT: float = 120.0
 """Raw logits are clamped to ``±LOGIT_LIMIT`` when loaded; ``sigmoid(±120)`` is exactly 1 / 0 in float32."""
 
 _NOISE_EPS = 1e-7
+
+_CUTOUT = Cutout(OPS["cutout"].max_value)
+"""Stateless here (side, centre and gate come per call), so one instance outside any module's parameters."""
 
 _COLOR_FNS = {
     "brightness": _ops.adjust_brightness,
@@ -88,7 +93,10 @@ class ClassPolicy(nn.Module):
 
     Application order, whatever the order of ``ops``: the standard CIFAR crop (zero pad
     ``padding``) and flip when ``crop_flip`` (not learned, exact pixel copies); one bilinear affine
-    warp composing scale, shear, rotate, translate, flip; brightness, contrast, saturation; cutout.
+    warp composed by ``kornia.geometry`` (scale and mirror, shear, rotate about the centre, translate);
+    brightness, contrast, saturation (``kornia.enhance``); cutout (a kornia ``OperationBase``,
+    :class:`ab_plugin.policies._cutout.Cutout`). A batch applies each image's own class row: the same
+    as applying the policy image by image with the same draws.
 
     Args:
         num_classes: number of classes ``C``.
@@ -216,6 +224,17 @@ class ClassPolicy(nn.Module):
                 out.append(p)
         return out
 
+    def gate_entropy(self) -> Tensor:
+        """Mean Bernoulli entropy of the per-class op probabilities, in nats (``0`` .. ``log 2``), differentiable.
+
+        A bonus on it in the upper objective keeps gates from collapsing to never / always while the
+        validation signal on them is weak (the straight-through gradient reaches only the images near a gate's
+        threshold)."""
+        z = self._expand(self.probability_logit)
+        p = torch.sigmoid(z)
+        # H(p) = softplus(z) - p z, stable for large |z|
+        return (nn.functional.softplus(z) - p * z).mean()
+
     def per_class(self) -> dict[str, dict[str, list[float]]]:
         """Expanded per-class values, ``{op: {"probability": [C], "magnitude": [C]}}`` (no ``magnitude`` for
         ``flip``); plain Python floats, the format of a policy file's ``augmentation.per_class``."""
@@ -334,7 +353,6 @@ class ClassPolicy(nn.Module):
             return out
 
         dtype = x.dtype
-        b, _, h, w = x.shape
         y = y.long()
         gate = _ops.relaxed_bernoulli_gate(
             self._expand(self.probability_logit).to(dtype)[y],
@@ -353,19 +371,14 @@ class ClassPolicy(nn.Module):
         def signed(op: str) -> Tensor:
             return sign[:, self._op_index[op]] * m(op) * OPS[op].max_value
 
-        out = self._warp(out, gate, m, signed, params)
+        out = self._warp(out, g, m, signed, params)
         for op in COLOR_OPS:
             if op in self._op_index:
                 new = _COLOR_FNS[op](out, 1.0 + signed(op))
                 out = torch.lerp(out, new, g(op)[:, None, None, None])  # exact at gate 0 / 1
 
         if "cutout" in self._op_index:
-            side = m("cutout") * (OPS["cutout"].max_value * min(h, w))
-            center = params["cutout_center"].to(dtype) * torch.tensor(
-                [float(w), float(h)], dtype=dtype, device=x.device
-            )
-            new = _ops.soft_cutout(out, center, side)
-            out = torch.lerp(out, new, g("cutout")[:, None, None, None])
+            out = _CUTOUT.erase(out, m("cutout"), params["cutout_center"].to(dtype), g("cutout"))
         return out
 
     def _checked_labels(self, x: Tensor, y: Tensor) -> Tensor:
@@ -380,32 +393,38 @@ class ClassPolicy(nn.Module):
             raise ValueError(f"colour ops need RGB images [B, 3, H, W], got {x.shape[1]} channels")
         return y
 
-    def _warp(self, out: Tensor, gate: Tensor, m: Callable[[str], Tensor], signed: Callable[[str], Tensor],
-              params: dict[str, Tensor]) -> Tensor:
-        """The gated geometric ops of every sample composed into one affine warp."""
+    def _warp(self, out: Tensor, g: Callable[[str], Tensor], m: Callable[[str], Tensor],
+              signed: Callable[[str], Tensor], params: dict[str, Tensor]) -> Tensor:
+        """The gated geometric ops of every sample composed into one kornia affine warp.
+
+        A gate scales its op's parameter (angle, zoom - 1, shear, shift; the mirror's sign): exactly the op
+        or the identity forward, and the straight-through gradient reaches the gate through the warp."""
         geo = [op for op in GEOMETRIC_OPS if op in self._op_index]
         if not geo:
             return out
-        dtype, (b, _, h, w) = out.dtype, out.shape
-        mat = torch.eye(3, dtype=dtype, device=out.device).expand(b, 3, 3)
-        for op in geo:
-            if op == "scale":
-                a = _ops.scale_matrix(1.0 + signed(op))
-            elif op == "shear":
-                k = signed(op)
-                axis = params["shear_axis"]
-                a = _ops.shear_matrix(torch.where(axis, k, 0.0), torch.where(axis, 0.0, k))
-            elif op == "rotate":
-                a = _ops.rotate_matrix(_ops.deg2rad(signed(op)))
-            elif op == "translate":
-                size = torch.tensor([float(w), float(h)], dtype=dtype, device=out.device)
-                shift = params["translate_direction"].to(dtype) * size * (m(op) * OPS[op].max_value)[:, None]
-                a = _ops.translate_matrix(shift)
-            else:  # flip
-                a = _ops.flip_matrix(b, out)
-            mat = _ops.matmul3(_ops.blend_matrix(a, gate[:, self._op_index[op]]), mat)
-        warped = _ops.warp_affine(out, mat)
-        applied = (gate[:, [self._op_index[op] for op in geo]] > 0.5).any(dim=1)
+        b, _, h, w = out.shape
+        zero = out.new_zeros(b)
+
+        def gated(op: str, value: Callable[[], Tensor]) -> Tensor:
+            return g(op) * value() if op in self._op_index else zero
+
+        def shift() -> Tensor:
+            length = m("translate") * OPS["translate"].max_value  # [B], fraction of the image size
+            return params["translate_direction"].to(out.dtype) * out.new_tensor([float(w), float(h)]) * length[:, None]
+
+        shear = gated("shear", lambda: signed("shear"))
+        axis = params["shear_axis"] if "shear" in self._op_index else zero.bool()
+        matrix = _ops.affine_matrix(
+            translation=g("translate")[:, None] * shift() if "translate" in self._op_index else out.new_zeros(b, 2),
+            angle=gated("rotate", lambda: signed("rotate")),
+            zoom=1.0 + gated("scale", lambda: signed("scale")),
+            shear=torch.stack([torch.where(axis, shear, 0.0), torch.where(axis, 0.0, shear)], -1),
+            mirror=1.0 - 2.0 * gated("flip", lambda: torch.ones_like(zero)),
+            height=h,
+            width=w,
+        )
+        warped = _ops.warp(out, matrix)
+        applied = torch.stack([g(op) for op in geo], 1).gt(0.5).any(dim=1)
         # rows without a geometric op keep their pixels exactly; the identity warp still carries the
         # straight-through gradient to the gates
         keep = out.detach() + (warped - warped.detach()) if torch.is_grad_enabled() else out
@@ -435,6 +454,15 @@ def _fixed(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> Class
     return ClassPolicy(num_classes, ops=(), learnable=False, crop_flip=True, **kw)
 
 
+@POLICIES.register("generic")
+def _generic(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy:
+    # one learned policy for every class: the sharing basis is a single all-ones column
+    if basis is not None:
+        raise ValueError("policy kind 'generic' shares one policy across all classes and takes no basis")
+    kw.setdefault("learnable", True)
+    return ClassPolicy(num_classes, basis=torch.ones(num_classes, 1), **kw)
+
+
 @POLICIES.register("none")
 def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
     return None
@@ -442,16 +470,22 @@ def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
 
 POLICY_KINDS: tuple[str, ...] = tuple(POLICIES.names())
 
+LEARNED_KINDS: tuple[str, ...] = ("generic", "learned")
+"""Kinds whose probabilities and magnitudes the search learns (``generic``: one policy for all classes;
+``learned``: one per class, PDA, shared through the loss's basis)."""
+
 
 def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy | None:
     """Create an augmentation policy by kind.
 
     Args:
-        kind: ``"learned"`` (learnable :class:`ClassPolicy`), ``"fixed"`` (the standard CIFAR random crop
-            with 4 px zero padding + horizontal flip, no parameters) or ``"none"`` (no augmentation).
+        kind: ``"learned"`` (learnable per-class :class:`ClassPolicy`, PDA), ``"generic"`` (one learnable
+            policy shared by all classes), ``"fixed"`` (the standard CIFAR random crop with 4 px zero padding
+            + horizontal flip, no parameters) or ``"none"`` (no augmentation).
         num_classes: number of classes ``C``.
         basis: optional ``[C, k]`` sharing matrix for ``"learned"``.
-        **kw: forwarded to :class:`ClassPolicy` (``"learned"``; ``"fixed"`` accepts ``padding`` only).
+        **kw: forwarded to :class:`ClassPolicy` (``"learned"``, ``"generic"``; ``"fixed"`` accepts ``padding``
+            only).
 
     Returns:
         a module ``policy(x, y) -> x`` or ``None`` for ``"none"`` (callers skip augmentation).

@@ -1,5 +1,6 @@
 """Hypergradients: a functional core on plain tensors and the engines the search uses."""
 
+from ._backbone import backbone_policy_grad
 from ._engines import (
     ENGINES,
     FeatureProblem,
@@ -26,6 +27,7 @@ __all__ = [
     "ModelProblem",
     "Solver",
     "UnrolledEngine",
+    "backbone_policy_grad",
     "check_unrollable",
     "conjugate_gradient",
     "create_engine",

@@ -244,3 +244,29 @@ def test_validation_batches_cycle_without_repeats_and_resume_in_place():
     assert take(short) == [0, 1, 2]  # never the same batch twice in one hyper-step
     assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged)._val.next(
         torch.device("cpu")).__len__() == 5
+
+
+def test_a_learned_policy_is_learned_beside_alpha_in_the_callers_loop():
+    from ab_plugin.policies import ClassPolicy
+
+    policy = ClassPolicy(C, ("rotate", "brightness", "cutout"), init_probability=0.3, init_magnitude=0.3)
+    start = [p.detach().clone() for p in policy.hparameters()]
+    model, opt, crit = new_setup(policy=policy, pixel_mean=[0.5] * 3, pixel_std=[0.25] * 3)
+    for x, y in batches(12):
+        xa = crit.augment(x, y)
+        assert xa.shape == x.shape and not xa.requires_grad
+        loss = crit(model(xa), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert crit.hyper_steps == 6
+    assert all(p.grad is None for p in policy.hparameters())  # the caller's backward never reached A
+    assert all((p - s).abs().max() > 1e-3 for p, s in zip(policy.hparameters(), start, strict=True))
+    assert set(crit.augmentation["per_class"]) == {"rotate", "brightness", "cutout"}
+    other = AutoBalanceCriterion(COUNTS, policy=ClassPolicy(C, ("rotate", "brightness", "cutout")))
+    other.load_state_dict(crit.state_dict())
+    assert other.augmentation == crit.augmentation and other.alpha == crit.alpha
+    with pytest.raises(ValueError, match="head engine"):
+        AutoBalanceCriterion(COUNTS, policy=ClassPolicy(C), engine="cg")
+    with pytest.raises(RuntimeError, match="no policy"):
+        AutoBalanceCriterion(COUNTS).augment(X[:2], Y[:2])

@@ -133,3 +133,24 @@ def test_criterion_assigned_in_the_module_and_explicit_model_attr(tmp_path):
     assert module.criterion is cb.criterion and cb.criterion.hyper_steps == 2
     assert "criterion._extra_state" in module.state_dict()
     assert all(not p.requires_grad for p in cb.criterion.parameters())  # in self.parameters(), never trained
+
+
+def test_fit_learns_a_policy_beside_alpha(tmp_path):
+    from ab_plugin.policies import ClassPolicy
+
+    train_dl, val_dl = loaders()
+    policy = ClassPolicy(C, ("rotate", "contrast"), init_probability=0.3, init_magnitude=0.3)
+    start = [p.detach().clone() for p in policy.hparameters()]
+    cb = ab_callback(val_loader=val_dl, policy=policy, pixel_mean=[0.5] * 3, pixel_std=[0.25] * 3)
+    x0, seen = X.clone(), []
+
+    class Seeing(Lit):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch[0].clone())
+            return super().training_step(batch, batch_idx)
+
+    trainer(2, [cb], tmp_path).fit(Seeing(), train_dl)
+    assert cb.criterion.hyper_steps == 2
+    assert not any(torch.equal(s, X[16 * (i % 4) : 16 * (i % 4) + 16]) for i, s in enumerate(seen))  # augmented
+    assert all((p - s).abs().max() > 1e-3 for p, s in zip(policy.hparameters(), start, strict=True))
+    assert torch.equal(X, x0)  # the loader's data is never written

@@ -104,3 +104,24 @@ def test_callback_in_a_hand_written_timm_loop_never_touches_model_grads():
     other = AutoBalanceTimmCallback(COUNTS, interval=1)
     other.load_state_dict(state)
     assert other.criterion.alpha == callback.criterion.alpha and other.criterion.hyper_steps == len(TRAIN)
+
+
+def test_callback_learns_a_policy_from_the_batches_it_augments():
+    from ab_plugin.policies import ClassPolicy
+
+    model = resnet()
+    policy = ClassPolicy(C, ("translate", "saturation"), init_probability=0.3, init_magnitude=0.3)
+    start = [p.detach().clone() for p in policy.hparameters()]
+    callback = AutoBalanceTimmCallback(COUNTS, val_loader=VAL, interval=1, policy=policy,
+                                       pixel_mean=[0.5] * 3, pixel_std=[0.25] * 3)
+    task = ClassificationTask(model, callback.criterion, verbose=False)
+    opt = timm.optim.create_optimizer_v2(model, opt="sgd", lr=0.05)
+    callback.on_train_start(model)
+    for x, y in TRAIN:
+        out = task(callback.augment(x, y), y)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        callback.on_batch_end(model, out["output"], y)
+    assert callback.criterion.hyper_steps == len(TRAIN)
+    assert all((p - s).abs().max() > 1e-3 for p, s in zip(policy.hparameters(), start, strict=True))

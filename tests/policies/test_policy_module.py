@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import functional_call
 from torchvision.transforms.v2 import functional as TF
 
-from ab_plugin.policies import DEFAULT_OPS, OPS, ClassPolicy, create_policy
+from ab_plugin.policies import DEFAULT_OPS, OPS, ClassPolicy, _ops, create_policy
 
 ALL_OPS = tuple(OPS)
 
@@ -85,8 +87,11 @@ def test_gradients_reach_shared_basis_parameters() -> None:
         assert (p.grad != 0).all()
 
 
-def test_finite_differences_match_autograd_on_magnitudes() -> None:
-    ops = ("translate", "rotate", "shear", "scale", "brightness", "contrast", "saturation", "cutout")
+MAGNITUDE_OPS = tuple(op for op in ALL_OPS if OPS[op].has_magnitude)
+
+
+@pytest.mark.parametrize("ops", [(op,) for op in MAGNITUDE_OPS] + [MAGNITUDE_OPS], ids=[*MAGNITUDE_OPS, "all"])
+def test_finite_differences_match_autograd_on_magnitudes(ops: tuple[str, ...]) -> None:
     policy = ClassPolicy(2, ops, crop_flip=True, init_magnitude=0.5).double()
     _set(policy, 1.0, [0.35, 0.6])
     x = _images(4, size=8, seed=5).double()
@@ -100,6 +105,76 @@ def test_finite_differences_match_autograd_on_magnitudes() -> None:
 
     ml = policy.magnitude_logit.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (ml,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_relaxed_gate_gradient_is_the_concrete_relaxation() -> None:
+    logits = torch.tensor([-2.0, -0.3, 0.4, 1.5], dtype=torch.float64, requires_grad=True)
+    noise = torch.tensor([0.9, 0.4, 0.6, 0.2], dtype=torch.float64)
+    gate = _ops.relaxed_bernoulli_gate(logits, noise, 0.5)
+    assert torch.equal(gate.detach(), (logits + torch.logit(noise) > 0).double())
+    gate.sum().backward()
+    soft = lambda z: torch.sigmoid((z + torch.logit(noise)) / 0.5)  # noqa: E731
+    eps = 1e-6
+    fd = (soft(logits.detach() + eps) - soft(logits.detach() - eps)) / (2 * eps)
+    torch.testing.assert_close(logits.grad, fd, rtol=1e-6, atol=1e-9)
+
+
+def _gate_effect(op: str, x: torch.Tensor, y: torch.Tensor, params: dict, w: torch.Tensor) -> torch.Tensor:
+    """``d <w, out_i> / d gate_i`` at the drawn gate, by finite differences outside the policy: ``[B]``."""
+    if op == "rotate":  # the gate scales the angle of the warp
+        angle = params["sign"][:, 0].double() * 0.7 * OPS["rotate"].max_value
+        b, h, wd = x.shape[0], x.shape[2], x.shape[3]
+
+        def out(gate: torch.Tensor) -> torch.Tensor:
+            matrix = _ops.affine_matrix(x.new_zeros(b, 2), gate * angle, x.new_ones(b), x.new_zeros(b, 2),
+                                        x.new_ones(b), h, wd)
+            return _ops.warp(x, matrix)
+
+        fired = (params["gate_noise"][:, 0] > 0.4).double()  # p = 0.6 fires where u > 0.4
+        eps = 1e-6
+        return ((out(fired + eps) - out(fired - eps)) / (2 * eps) * w).flatten(1).sum(1)
+    # colour and cutout blend the op's output with the input linearly in the gate: the effect is A(x) - x
+    outs = []
+    for prob in (1.0, 0.0):
+        forced = ClassPolicy(2, (op,), crop_flip=False, learnable=False).double()
+        _set(forced, prob, 0.7)
+        outs.append(forced(x, y, params))
+    return ((outs[0] - outs[1]) * w).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("op", ["brightness", "cutout", "rotate"])
+def test_policy_gate_gradient_is_straight_through(op: str) -> None:
+    """d <w, out> / d probability_logit[c] = sum over images of class c of (the op's effect on the image as its
+    gate moves) x (slope of the relaxed gate ``sigmoid((logit p + logit u) / T)``)."""
+    policy = ClassPolicy(2, (op,), crop_flip=False, init_probability=0.6, init_magnitude=0.7).double()
+    x, y = _images(6, size=8, seed=3).double(), torch.tensor([0, 1, 0, 1, 1, 0])
+    params = policy.sample_params(x, y, torch.Generator().manual_seed(2))
+    # p = 0.6 fires where u > 0.4; the identity warp has kinks (samples on the pixel grid), so the warp's
+    # gradient is checked where it fires, the blends' on both sides
+    low = 0.45 if op == "rotate" else 0.1
+    params["gate_noise"] = torch.linspace(low, 0.9, 6, dtype=torch.float64)[:, None]
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    (policy(x, y, params) * w).sum().backward()
+
+    t = policy.temperature.double()
+    soft = torch.sigmoid((policy.probability_logit.detach()[y, 0] + torch.logit(params["gate_noise"][:, 0])) / t)
+    slope = soft * (1 - soft) / t  # [B]
+    expected = torch.zeros(2, dtype=torch.float64).index_add_(0, y, _gate_effect(op, x, y, params, w) * slope)
+    torch.testing.assert_close(policy.probability_logit.grad[:, 0], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_batched_per_class_equals_per_sample() -> None:
+    policy = ClassPolicy(4, ALL_OPS)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in policy.hparameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x, y = _images(16, seed=6), torch.arange(16) % 4
+    params = policy.sample_params(x, y, torch.Generator().manual_seed(5))
+    batched = policy(x, y, params)
+    for i in range(16):
+        one = policy(x[i : i + 1], y[i : i + 1], {k: v[i : i + 1] for k, v in params.items()})
+        torch.testing.assert_close(batched[i : i + 1], one, atol=1e-6, rtol=0)
 
 
 def test_replay_is_bitwise_and_seeded() -> None:
@@ -166,10 +241,36 @@ def test_create_policy_kinds() -> None:
     assert create_policy("none", 4) is None
     frozen = create_policy("learned", 4, learnable=False)
     assert isinstance(frozen, ClassPolicy) and frozen.hparameters() == []
-    with pytest.raises(ValueError, match="'learned', 'fixed', 'none'"):
+    with pytest.raises(ValueError, match="'learned', 'fixed', 'generic', 'none'"):
         create_policy("randaugment", 4)
     with pytest.raises(ValueError, match="unknown augmentation op"):
         ClassPolicy(3, ("rotate", "posterize"))
+
+
+def test_generic_policy_is_one_policy_for_all_classes() -> None:
+    generic = create_policy("generic", 5, init_probability=0.1, init_magnitude=0.2)
+    assert [p.shape for p in generic.hparameters()] == [(1, len(DEFAULT_OPS)), (1, len(DEFAULT_OPS))]
+    for entry in generic.per_class().values():
+        for vals in entry.values():
+            assert max(vals) == min(vals)
+    torch.testing.assert_close(generic.probability, torch.full((5, len(DEFAULT_OPS)), 0.1))
+    x, y = _images(100, seed=1), torch.arange(100) % 5  # enough images that every op fires somewhere
+    generic(x, y).square().sum().backward()
+    assert all((p.grad != 0).all() for p in generic.hparameters())
+    with pytest.raises(ValueError, match="no basis"):
+        create_policy("generic", 5, basis=torch.eye(5))
+
+
+def test_gate_entropy_is_mean_bernoulli_entropy() -> None:
+    policy = ClassPolicy(2, ("rotate", "flip"), learnable=True)
+    _set(policy, [0.5, 0.1], 0.3)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    entropy = policy.gate_entropy()
+    assert entropy.item() == pytest.approx((h(0.5) + h(0.1)) / 2, rel=1e-5)
+    entropy.backward()
+    grad = policy.probability_logit.grad
+    assert (grad[0] == 0).all() or grad[0].abs().max() < 1e-6  # the maximum at p = 0.5
+    assert (grad[1] > 0).all()  # below 0.5, more probability is more entropy
 
 
 def test_identity_basis_equals_per_class() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import shard as shard_rows
 from ._imagefolder import FileSource, ImageFolderError, ImageFolderIndex, image_size_of, scan_imagefolder
 from ._types import ImageData
 
@@ -104,6 +105,10 @@ class TensorLoader:
     batches a few at a time (e.g. 10 validation batches per hyper-step) and still see every sample once
     per epoch. Only one iterator may be active at a time.
 
+    With ``shard=(rank, world)`` (a multi-rank run) every rank draws the same global batches of ``batch_size``
+    from the same seeded order and keeps its contiguous ``1/world`` of each, so the ranks' shards are
+    disjoint, cover the batch, and their union in rank order is the single-process batch.
+
     Yields:
         ``(x, y, g)``: x uint8 ``[B, 3, H, W]``, y int64 ``[B]``, g int64 ``[B]`` or ``None`` without
         group labels, all on ``device``. The last batch is smaller unless ``drop_last``.
@@ -118,10 +123,12 @@ class TensorLoader:
         drop_last: bool = False,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.batch_size = int(batch_size)
+        self.shard = shard
         self._order = _EpochOrder(len(data), self.batch_size, shuffle, drop_last, seed)
 
     @property
@@ -137,7 +144,9 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         order = self._order.begin().to(self.device)
         d = self.data
+        rank, world = self.shard
         for idx in self._order.batches(order):
+            idx = idx[shard_rows(len(idx), rank, world)]
             g = None if d.groups is None else d.groups.index_select(0, idx)
             yield d.images.index_select(0, idx), d.targets.index_select(0, idx), g
 

@@ -22,6 +22,7 @@ from torch import nn
 from .config import Config
 from .data import ImageData, TensorLoader, normalize
 from .distributed import (
+    all_reduce_mean_,
     barrier,
     cat_ranks,
     check_same,
@@ -166,8 +167,9 @@ class Trainer:
                                    device=self.device, seed=cfg.seed, shard=(rank(), world_size()))
         self._lower = _FeaturesAndLogits(self.model, self.features, self.classifier)
         if is_distributed():
-            self._lower = nn.parallel.DistributedDataParallel(  # broadcasts rank 0's weights and buffers
-                self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
+            # broadcasts rank 0's weights once; the normalisation statistics are averaged after each step instead
+            self._lower = nn.parallel.DistributedDataParallel(
+                self._lower, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.hparams: list[torch.Tensor] = list(loss.hparameters())
@@ -261,6 +263,10 @@ class Trainer:
         total, count = 0.0, 0
         for x, y, _ in self.loader:
             loss_value = self._lower_step(x, y)
+            if is_distributed():
+                # each rank's BatchNorm saw its own shard: averaged, the running statistics are the same on every
+                # rank (as the checkpoint holds them) and their means are those of the union's batch
+                all_reduce_mean_([b for b in self.model.buffers() if b.is_floating_point()])
             if loss_value is not None:
                 total, count = total + loss_value, count + 1
             st.step += 1

@@ -58,7 +58,7 @@ def process_group(device: torch.device) -> Iterator[None]:
     device = local_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
     try:

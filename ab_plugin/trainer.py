@@ -167,9 +167,8 @@ class Trainer:
                                    device=self.device, seed=cfg.seed, shard=(rank(), world_size()))
         self._lower = _FeaturesAndLogits(self.model, self.features, self.classifier)
         if is_distributed():
-            # broadcasts rank 0's weights once; the normalisation statistics are averaged after each step instead
-            self._lower = nn.parallel.DistributedDataParallel(
-                self._lower, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
+            self._lower = nn.parallel.DistributedDataParallel(  # starts every rank from rank 0's weights
+                self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.hparams: list[torch.Tensor] = list(loss.hparameters())

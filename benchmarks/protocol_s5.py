@@ -90,23 +90,33 @@ def imagenet(a: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from ab_plugin import Config
-    from ab_plugin.data import DatasetBundle, ImageData
-    from ab_plugin.search import AutoBalance
+    from ab_plugin.data import ImageData
+    from ab_plugin.hypergrad import create_engine
+    from ab_plugin.losses import ParametricCrossEntropy
+    from ab_plugin.objectives import balanced_ce
+    from ab_plugin.trainer import HyperSetup, Trainer
 
     torch.manual_seed(0)
-    n, c = a.images, 1000
+    c = 1000
     classes = [str(i) for i in range(c)]
-    # long-tailed labels over 1,000 classes: class k is drawn with probability ∝ 1 / (k + 1)
-    labels = torch.multinomial(1.0 / torch.arange(1, c + 1), n, replacement=True)
-    data = ImageData(torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8), labels, classes)
-    bundle = DatasetBundle(name="synthetic-imagenet-lt", train=data, test=data, mean=(0.485, 0.456, 0.406),
-                           std=(0.229, 0.224, 0.225))
-    cfg = Config(dataset="synthetic", backbone="resnet50", epochs=1, batch_size=a.batch_size, interval=a.interval,
-                 hyper_batches=a.hyper_batches, upper_start=0.0, warmup_epochs=0, augment="none",
-                 engine="head", device=a.device, val_fraction=0.25, seed=0)
+
+    def images(n: int, seed: int) -> ImageData:
+        # long-tailed labels over 1,000 classes: class k is drawn with probability ∝ 1 / (k + 1)
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.multinomial(1.0 / torch.arange(1, c + 1), n, replacement=True, generator=gen)
+        return ImageData(torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=gen), labels, classes)
+
+    # a few hundred images cannot give every one of 1,000 classes a validation image, so the splits are drawn
+    # apart instead of by the search's per-class split
+    train, val = images(a.images * 3 // 4, 1), images(a.images // 4, 2)
+    cfg = Config(backbone="resnet50", epochs=1, batch_size=a.batch_size, interval=a.interval,
+                 hyper_batches=a.hyper_batches, upper_start=0.0, warmup_epochs=0, augment="none", engine="head",
+                 device=a.device, seed=0)
     clock = _Clock()
     model = timm.create_model("resnet50", pretrained=False, num_classes=c)
-    trainer, val = AutoBalance(cfg).build(bundle, callbacks=[clock], model=model)
+    loss = ParametricCrossEntropy(c, learn=("logit_bias", "logit_scale"))
+    trainer = Trainer(model, loss, train, cfg, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                      upper=HyperSetup(create_engine("head"), balanced_ce, val), callbacks=[clock])
     t0 = time.perf_counter()
     trainer.fit()
     total = time.perf_counter() - t0
@@ -122,7 +132,7 @@ def imagenet(a: argparse.Namespace) -> list[dict[str, Any]]:
         trainer.upper.engine(trainer._feature_problem())
         solves.append(time.perf_counter() - t1)
     return [{"classes": c, "image_px": 224, "backbone": "resnet50", "engine": "head",
-             "train_images": len(trainer.train_data), "val_images": len(val),
+             "train_images": len(train), "val_images": len(val),
              "batch_size": a.batch_size, "hyper_batches": a.hyper_batches,
              "interval": a.interval, "plain_step_s": step, "hyper_step_s": hyper_extra,
              "head_solve_s": statistics.median(solves),

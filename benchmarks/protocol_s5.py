@@ -36,8 +36,8 @@ from protocol_q import machine, revision  # noqa: E402
 
 
 def _search(out: Path, ranks: int, a: argparse.Namespace) -> dict[str, Any]:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)] if ranks > 1 else \
-        [sys.executable]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    launch = torchrun if ranks > 1 else [sys.executable]
     cmd = [*launch, "-m", "ab_plugin", "search", "--backbone", a.backbone, "--epochs", str(a.epochs),
            "--batch-size", str(a.batch_size), "--interval", str(a.interval), "--upper-start", "0.25",
            "--augment", a.augment, "--engine", a.engine, "--device", a.device, "--quiet", "--compare", "",

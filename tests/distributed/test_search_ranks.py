@@ -17,8 +17,8 @@ WORKER = Path(__file__).with_name("search_worker.py")
 
 def _run(out: Path, ranks: int) -> list[dict]:
     out.mkdir()
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)] if ranks > 1 else \
-        [sys.executable]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    launch = torchrun if ranks > 1 else [sys.executable]
     res = subprocess.run([*launch, str(WORKER), str(out)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]

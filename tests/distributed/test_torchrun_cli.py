@@ -20,8 +20,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def _torchrun(out: Path, epochs: int, *launcher: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *launcher, "-m", "ab_plugin",
-         *ARGS, "--epochs", str(epochs), "--out", str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher,
+         "-m", "ab_plugin", *ARGS, "--epochs", str(epochs), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 

@@ -40,6 +40,36 @@ def _render_run(out: Path, summary: dict[str, Any], plots: list[Path], fmt: str,
     _check_skipped(stages)
 
 
+def _finish_run(out: Path, results: dict[str, Any]) -> tuple[dict[str, Any], list[Path]] | None:
+    """Write the run's outputs: summary and plot paths, or ``None`` on the ranks other than 0 (which write none)."""
+    from .distributed import is_rank_zero
+    from .runs import finish_run
+
+    return finish_run(out, results) if is_rank_zero() else None
+
+
+def _resuming(resume: bool, out: Path) -> bool:
+    """``--resume``, or a worker group that ``torchrun --max-restarts`` restarted in a folder it had started."""
+    from .distributed import restarted
+    from .runs import CONFIG
+
+    return resume or (restarted() and (out / CONFIG).exists())
+
+
+def _ranks(cfg: Config) -> Any:
+    """The torchrun process group (if any) for a run on ``cfg.device``."""
+    from .distributed import process_group
+    from .trainer import resolve_device
+
+    return process_group(resolve_device(cfg.device))
+
+
+def _progress(fmt: str, quiet: bool) -> Any:
+    from .distributed import is_rank_zero
+
+    return make_progress(fmt == "table" and not quiet and is_rank_zero())
+
+
 def _check_skipped(stages: dict[str, dict[str, Any]]) -> None:
     """Non-finite steps are skipped during training; say so, and fail when they were most of a stage."""
     for name, st in stages.items():
@@ -103,9 +133,10 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
       ab-plugin search --dataset imagenet-lt:/data/imagenet --backbone resnet50 --workers 16 --device cuda
       ab-plugin search --out runs/x --resume                     # continue after a crash or Ctrl-C
     """
-    from .runs import check_inputs, finish_run, load_bundle, run_folder, run_search
+    from .runs import check_inputs, load_bundle, run_folder, run_search
 
     out_p = Path(out)
+    resume = _resuming(resume, out_p)
     saved, saved_cfg = _saved_options(out_p, resume)
     # --resume alone continues with the run's own settings, --compare and --no-retrain included
     cfg = _resolve_config(kwargs, saved_cfg)
@@ -118,13 +149,14 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
     check_inputs(cfg, bundle)
-    with run_folder(out_p, cfg, command="search", resume=resume, overwrite=overwrite,
-                    options={"compare": baselines, "retrain": do_retrain}), \
-            make_progress(fmt == "table" and not quiet) as progress:
+    with _ranks(cfg), run_folder(out_p, cfg, command="search", resume=resume, overwrite=overwrite,
+                                 options={"compare": baselines, "retrain": do_retrain}), \
+            _progress(fmt, quiet) as progress:
         results = run_search(out_p, cfg, bundle, do_retrain=do_retrain, compare=baselines,
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
-        summary, plots = finish_run(out_p, results)
-    _render_run(out_p, summary, plots, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
+        done = _finish_run(out_p, results)
+    if done:
+        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
 
 
 def _check_backbone(cfg: Config) -> None:
@@ -157,18 +189,20 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
       ab-plugin baseline la --tau 1.0 --out runs/la
       ab-plugin baseline ldam-drw --dataset cifar10-lt --data-dir ~/data
     """
-    from .runs import check_inputs, finish_run, load_bundle, run_baseline, run_folder
+    from .runs import check_inputs, load_bundle, run_baseline, run_folder
 
     out_p = Path(out or f"runs/{name}")
+    resume = _resuming(resume, out_p)
     cfg = _resolve_config(kwargs, _saved_options(out_p, resume)[1]).replace(loss=name)
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
     check_inputs(cfg, bundle)
-    with run_folder(out_p, cfg, command=f"baseline {name}", resume=resume, overwrite=overwrite), \
-            make_progress(fmt == "table" and not quiet) as progress:
+    with _ranks(cfg), run_folder(out_p, cfg, command=f"baseline {name}", resume=resume, overwrite=overwrite), \
+            _progress(fmt, quiet) as progress:
         results = run_baseline(out_p, name, cfg, bundle, [RichProgress(progress, name, cfg)])
-        summary, plots = finish_run(out_p, results)
-    _render_run(out_p, summary, plots, fmt, f"{name} on {cfg.dataset}")
+        done = _finish_run(out_p, results)
+    if done:
+        _render_run(out_p, *done, fmt, f"{name} on {cfg.dataset}")
 
 
 @main.command(name="retrain")
@@ -188,10 +222,11 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
       ab-plugin retrain runs/demo --backbone resnet56 --out runs/r56
     """
     from .policies import check_num_classes, load_policy
-    from .runs import POLICY, check_inputs, finish_run, load_bundle, read_run, run_folder, run_stage
+    from .runs import POLICY, check_inputs, load_bundle, read_run, run_folder, run_stage
     from .search import fixed_loss_from_alpha, retrain
 
     src, out_p = Path(source), Path(out)
+    resume = _resuming(resume, out_p)
     base = _saved_options(out_p, resume)[1] or (read_run(src)[2] if src.is_dir() else None)
     cfg = _resolve_config(kwargs, base)
     pf = load_policy(src / POLICY if src.is_dir() else src)
@@ -200,13 +235,14 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     check_num_classes(pf, bundle.train.num_classes)
     fixed_loss_from_alpha(pf.loss)  # α must be usable in float32 before the folder is claimed
     check_inputs(cfg, bundle)
-    with run_folder(out_p, cfg, command="retrain", resume=resume, overwrite=overwrite), \
-            make_progress(fmt == "table" and not quiet) as progress:
+    with _ranks(cfg), run_folder(out_p, cfg, command="retrain", resume=resume, overwrite=overwrite), \
+            _progress(fmt, quiet) as progress:
         result = run_stage(out_p, "retrain", lambda d, r: retrain(
             pf.loss, bundle, cfg, augmentation=pf.augmentation, run_dir=d, resume=r,
             callbacks=[RichProgress(progress, "retrain", cfg)]))
-        summary, plots = finish_run(out_p, {"retrain": result})
-    _render_run(out_p, summary, plots, fmt, "retrain")
+        done = _finish_run(out_p, {"retrain": result})
+    if done:
+        _render_run(out_p, *done, fmt, "retrain")
 
 
 @main.command()

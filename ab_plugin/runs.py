@@ -27,6 +27,7 @@ import yaml
 
 from .config import Config
 from .data import DatasetBundle, create_dataset
+from .distributed import barrier, is_rank_zero
 from .io import atomic_write, write_json
 from .search import AutoBalance, RunResult, retrain, train_baseline
 
@@ -152,11 +153,17 @@ def run_folder(out: str | Path, cfg: Config, *, command: str, resume: bool = Fal
     """Claim ``out`` for a run while the block runs: locked, checked, config saved.
 
     A run replaced with ``overwrite`` is kept aside until the new one has written a checkpoint; if the
-    new run fails before that, the old run is put back untouched.
+    new run fails before that, the old run is put back untouched. Under torchrun rank 0 claims the folder
+    and the other ranks wait for it.
     """
     out = Path(out)
+    if not is_rank_zero():
+        barrier()
+        yield out
+        return
     with lock_run_folder(out):
         aside = prepare_run_folder(out, cfg, resume=resume, overwrite=overwrite, command=command, options=options)
+        barrier()
         try:
             yield out
         except BaseException as e:
@@ -195,16 +202,21 @@ def read_run_config(out: Path) -> tuple[str, Config]:
 
 
 def run_stage(out: Path, name: str, run: Callable[[Path, bool], RunResult]) -> RunResult:
-    """Run one stage in ``out/name`` unless it already finished; resume from its checkpoint if any."""
+    """Run one stage in ``out/name`` unless it already finished; resume from its checkpoint if any.
+
+    Under torchrun every rank runs the stage and rank 0 writes its files."""
     stage = out / name
     done = stage / RESULT
     if done.exists():
         return RunResult.from_dict(json.loads(done.read_text()))
     resume = (stage / "checkpoint.pt").exists()
-    if not resume:
+    barrier()  # every rank has looked at the stage folder before rank 0 changes it
+    if not resume and is_rank_zero():
         (stage / "metrics.jsonl").unlink(missing_ok=True)
     result = run(stage, resume)
-    write_json(done, result.to_dict())
+    if is_rank_zero():
+        write_json(done, result.to_dict())
+    barrier()
     return result
 
 

@@ -21,6 +21,20 @@ from torch import nn
 
 from .config import Config
 from .data import Split, create_loader, normalize
+from .distributed import (
+    all_reduce_mean_,
+    barrier,
+    cat_ranks,
+    check_same,
+    gather_objects,
+    is_distributed,
+    is_rank_zero,
+    local_device,
+    rank,
+    shard,
+    union_share,
+    world_size,
+)
 from .evaluation import metrics_of, predict
 from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, frozen_norm_stats
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
@@ -38,11 +52,12 @@ class NumericalError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` means (``auto``: CUDA if available); under torchrun each rank's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
-    return torch.device(name)
+    return local_device(torch.device(name))
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: Config) -> float:
@@ -78,6 +93,22 @@ class TrainState:
     seconds: float = 0.0
 
 
+class _FeaturesAndLogits(nn.Module):
+    """``x -> (features, logits)`` of ``model`` in one forward, so that DDP sees the lower step (its gradient
+    hooks need the forward to go through the DDP wrapper) while the features stay available to the buffer."""
+
+    def __init__(self, model: nn.Module, features: Callable[[torch.Tensor], torch.Tensor],
+                 classifier: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.split = (features, classifier)  # a tuple: not registered twice as sub-modules
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, classifier = self.split
+        feats = features(x)
+        return feats, classifier(feats)
+
+
 class Trainer:
     """Trains ``model`` with ``loss`` on ``train``; with ``upper`` it also learns α (a search).
 
@@ -95,6 +126,11 @@ class Trainer:
         callbacks: objects with any of the hooks ``on_epoch_start(trainer, epoch)``,
             ``on_step_end(trainer, step, loss)``, ``on_hyper_step(trainer, step, norm, skipped)``,
             ``on_epoch_end(trainer, epoch, record)``.
+
+    Under ``torchrun`` (a default process group of N ranks) the run is the single-process run on the
+    union of the ranks' batches: each rank takes its ``1/N`` of every global batch of ``cfg.batch_size``,
+    the lower level is DDP on the union's loss, hyper-steps compute the union's hypergradient, rank 0
+    writes the checkpoint (holding every rank's random state and buffer) and the metrics.
     """
 
     def __init__(
@@ -125,8 +161,16 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.features, self.classifier = split_model(self.model)
+        if cfg.batch_size % world_size():
+            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                             f"{world_size()} ranks")
         self.loader = create_loader(train, cfg.batch_size, shuffle=True, drop_last=len(train) >= cfg.batch_size,
-                                    device=self.device, seed=cfg.seed, num_workers=cfg.workers, augment=True)
+                                    device=self.device, seed=cfg.seed, num_workers=cfg.workers, augment=True,
+                                    shard=(rank(), world_size()))
+        self._lower = _FeaturesAndLogits(self.model, self.features, self.classifier)
+        if is_distributed():
+            self._lower = nn.parallel.DistributedDataParallel(  # starts every rank from rank 0's weights
+                self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.hparams: list[torch.Tensor] = list(loss.hparameters())
@@ -139,6 +183,8 @@ class Trainer:
         self._val_features_step = -1  # lower step at which the validation features were computed
         self._bad_in_row = 0
         self._amp = cfg.amp and self.device.type == "cuda"
+        if is_distributed():
+            torch.manual_seed(cfg.seed + rank())  # the ranks' augmentations draw different random numbers
 
     # set-up --------------------------------------------------------------------------------------
     def _make_upper_level(self) -> UpperLevel:
@@ -195,7 +241,8 @@ class Trainer:
         if resume:
             self.load(self.run_dir / CHECKPOINT)
             # epochs logged after the checkpoint (a kill between the two writes) are redone
-            write_jsonl(self.run_dir / METRICS, self.state.history)
+            if is_rank_zero():
+                write_jsonl(self.run_dir / METRICS, self.state.history)
             if self.upper is not None and self.state.epoch > 0:
                 self._validation_pass()  # the same features the uninterrupted run holds at this point
         self.model.train()
@@ -217,6 +264,10 @@ class Trainer:
         total, count = 0.0, 0
         for x, y, _ in self.loader:
             loss_value = self._lower_step(x, y)
+            if is_distributed():
+                # each rank's BatchNorm saw its own shard: averaged, the running statistics are the same on every
+                # rank (as the checkpoint holds them) and their means are those of the union's batch
+                all_reduce_mean_([b for b in self.model.buffers() if b.is_floating_point()])
             if loss_value is not None:
                 total, count = total + loss_value, count + 1
             st.step += 1
@@ -245,7 +296,8 @@ class Trainer:
             getattr(cb, "on_epoch_end", lambda *a: None)(self, epoch, record)
         if self.run_dir is not None:
             self.save(self.run_dir / CHECKPOINT)
-            append_jsonl(self.run_dir / METRICS, record)
+            if is_rank_zero():
+                append_jsonl(self.run_dir / METRICS, record)
 
     def _lower_step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         cfg, st = self.cfg, self.state
@@ -253,16 +305,18 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with self._autocast():
-            feats = self.features(self._prepare(x, y, True))
-            logits = self.classifier(feats).float()
-        loss = self.loss(logits, y)
+            feats, logits = self._lower(self._prepare(x, y, True))
+            logits = logits.float()
+        # the union's loss on every rank; DDP averages the ranks' gradients of N × their share into the union's
+        loss = union_share(self.loss)(logits, y)
         if not torch.isfinite(loss):
             self._bad(f"non-finite training loss at step {st.step}")
             st.skipped_steps += 1
             return None
         self._bad_in_row = 0
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for p in self.model.parameters() if p.requires_grad])
+        (loss * world_size() if is_distributed() else loss).backward(
+            inputs=[p for p in self.model.parameters() if p.requires_grad])
         self.optimizer.step()
         if self.upper is not None:
             self._train_buffer.append((feats.detach().float(), y, x))
@@ -270,13 +324,18 @@ class Trainer:
 
     @torch.no_grad()
     def _validation_pass(self) -> Metrics:
-        val = self.upper.val
+        val = self._rank_part(self.upper.val)
         logits, feats = self.predict(val)
         y = val.targets.to(self.device)
         g = val.groups.to(self.device) if val.groups is not None else None
         self._val_features = [(feats, y, g) if g is not None else (feats, y)]
         self._val_features_step = self.state.step
-        return compute_metrics(logits, y, val.num_classes, g)
+        return compute_metrics(cat_ranks(logits), cat_ranks(y), val.num_classes, None if g is None else cat_ranks(g))
+
+    @staticmethod
+    def _rank_part(data: Split) -> Split:
+        """This rank's contiguous share of ``data`` (all of it in a single process)."""
+        return data.subset(torch.arange(len(data))[shard(len(data))]) if is_distributed() else data
 
     def _val_batches(self) -> list[tuple[torch.Tensor, ...]]:
         """At most ``hyper_batches`` validation batches, drawn afresh (seeded by the step) per hyper-step."""
@@ -286,7 +345,7 @@ class Trainer:
         idx = torch.randperm(len(val), generator=gen)[:n]
         sub = val.subset(idx)
         loader = create_loader(sub, self.cfg.batch_size, shuffle=False, device=self.device,
-                               num_workers=self.cfg.workers)
+                               num_workers=self.cfg.workers, shard=(rank(), world_size()))
         return [b if b[2] is not None else b[:2] for b in loader]
 
     @torch.no_grad()
@@ -403,13 +462,32 @@ class Trainer:
             "policy": self.policy.state_dict() if self.policy is not None else None,
             "upper": self.upper_level.state_dict() if self.upper_level is not None else None,
             "loader": self.loader.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "state": {k: getattr(st, k) for k in ("epoch", "step", "hyper_steps", "skipped_steps",
                                                    "skipped_hyper_steps", "history", "seconds")},
-            "train_buffer": list(self._train_buffer),
             "num_classes": self.train_data.num_classes,
+            # what differs between ranks: each rank's part, in rank order, on several ranks
+            **({"ranks": gather_objects(self._rank_state())} if is_distributed() else self._rank_state()),
         }
+
+    def _rank_state(self) -> dict[str, Any]:
+        return {
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "train_buffer": [tuple(t.cpu() for t in b) for b in self._train_buffer] if is_distributed()
+            else list(self._train_buffer),
+        }
+
+    def _load_rank_state(self, ck: dict[str, Any]) -> None:
+        ranks = ck.get("ranks")
+        if (len(ranks) if ranks is not None else 1) != world_size():
+            raise ValueError(f"the checkpoint was written by {len(ranks) if ranks else 1} rank(s), this run has "
+                             f"{world_size()}: resume with the same number of processes")
+        part = ranks[rank()] if ranks is not None else ck
+        torch.set_rng_state(part["rng"])
+        if part.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(part["cuda_rng"])
+        self._train_buffer.clear()
+        self._train_buffer.extend(tuple(t.to(self.device) for t in b) for b in part.get("train_buffer", []))
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != 2:
@@ -427,15 +505,16 @@ class Trainer:
         if self.upper_level is not None and ck.get("upper") is not None:
             self.upper_level.load_state_dict(ck["upper"])
         self.loader.load_state_dict(ck["loader"])
-        torch.set_rng_state(ck["rng"])
-        if ck.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         self.state = TrainState(**ck["state"])
-        self._train_buffer.clear()
-        self._train_buffer.extend(tuple(t.to(self.device) for t in b) for b in ck.get("train_buffer", []))
+        self._load_rank_state(ck)
 
     def save(self, path: Path) -> None:
-        save_checkpoint(path, self.state_dict())
+        """Rank 0 writes (atomically); every rank returns once the file is complete."""
+        check_same(self.hparams, "α")
+        state = self.state_dict()  # a collective on several ranks: every rank builds it
+        if is_rank_zero():
+            save_checkpoint(path, state)
+        barrier()
 
     def load(self, path: Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))

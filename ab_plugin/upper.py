@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from .distributed import all_reduce_mean_
 
 UpperOptimizer = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -31,14 +32,6 @@ def create_upper_optimizer(kind: UpperOptimizer, params: list[nn.Parameter], *, 
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown upper optimizer {kind!r}: use 'adam', 'sgd' or a callable params -> Optimizer")
-
-
-def mean_across_ranks(grads: Sequence[Tensor]) -> None:
-    """In place: each gradient becomes its mean over the ranks of the default process group (if any)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for g in grads:
-            dist.all_reduce(g)
-            g.div_(dist.get_world_size())
 
 
 class UpperLevel:
@@ -95,8 +88,10 @@ class UpperLevel:
 
         The caller decides how loud a skipped step is (a warning, or an error after many in a row).
         """
-        grads = [g.detach() for g in grads]
-        mean_across_ranks(grads)
+        grads = [g.detach().clone() for g in grads]
+        # the implicit engines already return the union's hypergradient on every rank (the mean leaves it as
+        # it is); a rank-local one (unrolled, a custom callable) is averaged, so α stays the same on all ranks
+        all_reduce_mean_(grads)
         norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) if grads else 0.0
         self.last_norm = norm
         if not math.isfinite(norm):

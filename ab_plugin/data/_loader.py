@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import shard as shard_rows
 from ._imagefolder import (
     FileSource,
     ImageFolderError,
@@ -111,6 +112,10 @@ class TensorLoader:
     batches a few at a time (e.g. 10 validation batches per hyper-step) and still see every sample once
     per epoch. Only one iterator may be active at a time.
 
+    With ``shard=(rank, world)`` (a multi-rank run) every rank draws the same global batches of ``batch_size``
+    from the same seeded order and keeps its contiguous ``1/world`` of each, so the ranks' shards are
+    disjoint, cover the batch, and their union in rank order is the single-process batch.
+
     Yields:
         ``(x, y, g)``: x uint8 ``[B, 3, H, W]``, y int64 ``[B]``, g int64 ``[B]`` or ``None`` without
         group labels, all on ``device``. The last batch is smaller unless ``drop_last``.
@@ -125,10 +130,12 @@ class TensorLoader:
         drop_last: bool = False,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.batch_size = int(batch_size)
+        self.shard = shard
         self._order = _EpochOrder(len(data), self.batch_size, shuffle, drop_last, seed)
 
     @property
@@ -144,7 +151,9 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         order = self._order.begin().to(self.device)
         d = self.data
+        rank, world = self.shard
         for idx in self._order.batches(order):
+            idx = idx[shard_rows(len(idx), rank, world)]
             g = None if d.groups is None else d.groups.index_select(0, idx)
             yield d.images.index_select(0, idx), d.targets.index_select(0, idx), g
 
@@ -219,6 +228,7 @@ class StreamingLoader:
         num_workers: decoding processes (0: decode in this process).
         image_size: output ``(H, W)`` (or an int) of an index without a recipe.
         augment: apply the recipe's training transform (the recipe's random crops are drawn in the workers).
+        shard: ``(rank, world)``: keep this rank's slice of every global batch, as :class:`TensorLoader` does.
     """
 
     def __init__(
@@ -234,7 +244,9 @@ class StreamingLoader:
         num_workers: int = 2,
         image_size: int | tuple[int, int] | None = None,
         augment: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        self.shard = shard
         if isinstance(source, ImageFolderIndex):
             self.index = source
         else:
@@ -270,7 +282,9 @@ class StreamingLoader:
         order = self._order.begin()
         start = self._order.pos
         b = self.batch_size
-        plan = [order[i * b : (i + 1) * b].tolist() for i in range(start, len(self._order))]
+        rank, world = self.shard
+        plan = [batch[shard_rows(len(batch), rank, world)].tolist()
+                for batch in (order[i * b : (i + 1) * b] for i in range(start, len(self._order)))]
         loader = DataLoader(
             self._dataset,
             batch_sampler=plan,
@@ -312,19 +326,21 @@ def create_loader(
     seed: int = 0,
     num_workers: int = 2,
     augment: bool = False,
+    shard: tuple[int, int] = (0, 1),
     **streaming: Any,
 ) -> TensorLoader | StreamingLoader:
     """:class:`TensorLoader` for in-memory :class:`ImageData`, :class:`StreamingLoader` for a path or index.
 
     ``num_workers`` and ``augment`` only concern streamed files (in-memory images need no decoding, and
-    the caller's policy augments them on the device), so one call serves either kind of split. Other
-    ``streaming`` keywords (``split``, ``image_size``) go to :class:`StreamingLoader`.
+    the caller's policy augments them on the device), so one call serves either kind of split. ``shard``
+    is ``(rank, world)`` of a multi-rank run (see :class:`TensorLoader`). Other ``streaming`` keywords
+    (``split``, ``image_size``) go to :class:`StreamingLoader`.
     """
     if isinstance(data_or_path, ImageData):
         if streaming:
             raise TypeError(f"unexpected keywords for in-memory data: {sorted(streaming)}")
         return TensorLoader(
-            data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed
+            data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, shard=shard
         )
     return StreamingLoader(data_or_path, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed,
-                           num_workers=num_workers, augment=augment, **streaming)
+                           num_workers=num_workers, augment=augment, shard=shard, **streaming)

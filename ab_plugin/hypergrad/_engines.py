@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from ..distributed import is_distributed, union_share, world_size
 from ..losses import to_soft_targets
 from ._implicit import implicit_grad
 from ._solvers import Solver, create_solver
@@ -91,6 +92,11 @@ def _l2(params: list[torch.Tensor]) -> torch.Tensor:
     return sum((p * p).sum() for p in params)
 
 
+def _weight_decay_share(wd: float, params: list[torch.Tensor]) -> torch.Tensor:
+    """This rank's equal part of ``½ wd ‖θ‖²`` (θ is the same on every rank and the ranks' gradients are summed)."""
+    return 0.5 * wd * _l2(params) / world_size()
+
+
 def _cat_val(batches: list[Batch], outputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Concatenated ``(outputs, y, groups | None)`` of validation batches."""
     y = torch.cat([b[1] for b in batches])
@@ -137,10 +143,12 @@ class HeadEngine(HypergradEngine):
             targets = [to_soft_targets(t, n) for t in targets]
         labels = torch.cat(targets)
         vf, vy, vg = _cat_val(problem.val, [b[0].float() for b in problem.val])
+        # on several ranks each holds a shard of the features: the losses are those of the union
+        loss, objective, ranks = union_share(problem.loss), union_share(problem.objective), is_distributed()
         return implicit_grad(
-            lambda: problem.loss(clf(feats), labels) + 0.5 * wd * _l2(params),
-            lambda: problem.objective(clf(vf), vy, vg),
-            params, problem.hparams, self.solver, cache_graphs=True,
+            lambda: loss(clf(feats), labels) + _weight_decay_share(wd, params),
+            lambda: objective(clf(vf), vy, vg),
+            params, problem.hparams, self.solver, cache_graphs=True, across_ranks=ranks,
         )
 
 
@@ -160,19 +168,22 @@ class ImplicitEngine(HypergradEngine):
         model = problem.model
         params = [p for p in model.parameters() if p.requires_grad]
         wd = problem.weight_decay
+        # on several ranks batch k is the union of the ranks' k-th batches
+        loss, objective, ranks = union_share(problem.loss), union_share(problem.objective), is_distributed()
 
         def train_piece(batch: Batch) -> Callable[[], torch.Tensor]:
             x, y = batch[:2]
-            return lambda: problem.loss(problem.train_forward(x, y), y) + 0.5 * wd * _l2(params)
+            return lambda: loss(problem.train_forward(x, y), y) + _weight_decay_share(wd, params)
 
         def val_piece(batch: Batch) -> Callable[[], torch.Tensor]:
             x, y, *g = batch
-            return lambda: problem.objective(problem.val_forward(x), y, g[0] if g else None)
+            return lambda: objective(problem.val_forward(x), y, g[0] if g else None)
 
         val = [_in_mode(model, False, val_piece(b)) for b in problem.val]
         train = [_in_mode(model, True, train_piece(b)) for b in problem.train]
         with frozen_norm_stats(model):
-            return implicit_grad(train, val, params, problem.hparams, self.solver, cache_graphs=self.cache_graphs)
+            return implicit_grad(train, val, params, problem.hparams, self.solver, cache_graphs=self.cache_graphs,
+                                 across_ranks=ranks)
 
 
 def _in_mode(model: nn.Module, training: bool, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..distributed import all_reduce_sum_
 from ._solvers import Solver, Vec, create_solver, dot
 
 LossFn = Callable[[], torch.Tensor]
@@ -25,8 +26,8 @@ def _zeros_for_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.T
 class _TrainGradients:
     """``∇_θ ℓ_train`` of each piece, either recomputed per use (lean) or kept with its graph (fast)."""
 
-    def __init__(self, pieces: list[LossFn], params: Sequence[torch.Tensor], cache: bool) -> None:
-        self.pieces, self.params, self.cache = pieces, list(params), cache
+    def __init__(self, pieces: list[LossFn], params: Sequence[torch.Tensor], cache: bool, across_ranks: bool) -> None:
+        self.pieces, self.params, self.cache, self.across_ranks = pieces, list(params), cache, across_ranks
         self._graphs: list[Vec] | None = None
 
     def __iter__(self):
@@ -50,6 +51,8 @@ class _TrainGradients:
                 continue  # a piece linear in θ has no curvature
             hv = torch.autograd.grad(dot(g, u), self.params, retain_graph=self.cache, allow_unused=True)
             total = [t + h.detach() / n for t, h in zip(total, _zeros_for_none(hv, u), strict=True)]
+        if self.across_ranks:  # the solver's next iterate is nonlinear in this product: reduce it first
+            all_reduce_sum_(total)
         return total
 
     def mixed(self, x: Vec, hparams: Sequence[torch.Tensor]) -> Vec:
@@ -64,6 +67,8 @@ class _TrainGradients:
             ga = torch.autograd.grad(s, hparams, retain_graph=self.cache and not last, allow_unused=True)
             total = [t + a.detach() / n for t, a in zip(total, _zeros_for_none(ga, hparams), strict=True)]
         self._graphs = None
+        if self.across_ranks:
+            all_reduce_sum_(total)
         return total
 
 
@@ -75,6 +80,7 @@ def implicit_grad(
     solver: Solver | None = None,
     *,
     cache_graphs: bool = False,
+    across_ranks: bool = False,
 ) -> list[torch.Tensor]:
     """Hypergradient ``dL_val(θ*(α))/dα`` by the implicit function theorem.
 
@@ -89,9 +95,13 @@ def implicit_grad(
             default: the paper's Neumann series with 5 terms and step 1.
         cache_graphs: keep each training piece's first-order graph for all Hessian products (fast,
             memory grows with the pieces) instead of rebuilding it per product.
+        across_ranks: every piece is this rank's share of a loss over the union of all ranks' batches
+            (:func:`~ab_plugin.distributed.union_share`): the validation gradient, every Hessian-vector
+            product and the mixed product are summed across ranks before they are used, so each rank gets
+            the union's hypergradient. Every rank must call with the same number of pieces.
 
     Returns:
-        one gradient tensor per hparam, same shapes.
+        one gradient tensor per hparam, same shapes (identical on every rank with ``across_ranks``).
     """
     solver = solver or create_solver("neumann", terms=5, step=1.0)
     params, hparams = list(params), list(hparams)
@@ -103,7 +113,9 @@ def implicit_grad(
         g = _zeros_for_none(g, params + hparams)
         v = [a + b.detach() / len(val_pieces) for a, b in zip(v, g[: len(params)], strict=True)]
         direct = [a + b.detach() / len(val_pieces) for a, b in zip(direct, g[len(params) :], strict=True)]
-    train = _TrainGradients(_pieces(train_loss), params, cache_graphs)
+    if across_ranks:
+        all_reduce_sum_(v + direct)
+    train = _TrainGradients(_pieces(train_loss), params, cache_graphs, across_ranks)
     x = solver(train.hvp, v)
     mixed = train.mixed(x, hparams)
     return [d - m for d, m in zip(direct, mixed, strict=True)]

@@ -72,3 +72,16 @@ def test_protocol_s_all_quick(tmp_path):
     assert s1["head"]["hyper_steps"] > 0 and s1["unrolled"]["hyper_steps"] > 0
     assert all(r["median_epoch"] > 0 and r["memory_ratio"] > 0 for r in s1.values())
     assert "| unrolled |" in res.stdout and "| ClassPolicy, batched, 1 thread |" in res.stdout
+
+
+@pytest.mark.slow  # two searches, one of them on 2 torchrun ranks
+def test_protocol_s5_ranks_quick(tmp_path):
+    out = tmp_path / "s5.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_s5.py"), "ranks", "--epochs", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["ranks"]
+    assert [r["ranks"] for r in rows] == [1, 2]
+    assert rows[0]["hyper_steps"] == rows[1]["hyper_steps"] > 0
+    assert set(rows[1]["alpha_max_rel_diff"]) == {"class_weight", "logit_bias", "logit_scale"}
+    assert all(r["images_per_s_per_rank"] > 0 for r in rows)

@@ -58,9 +58,12 @@ def process_group(device: torch.device) -> Iterator[None]:
     device = local_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    # torchrun's agent store outlives a restart of the worker group, and with it the previous attempt's
+    # peer addresses: each attempt reads and writes its own key space, so no rank dials a dead peer
+    store, rank_, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            store=dist.PrefixStore(f"ab_plugin/attempt_{attempt}", store), rank=rank_, world_size=world)
     try:
         yield
     finally:

@@ -337,10 +337,11 @@ class Trainer:
         """This rank's contiguous share of ``data`` (all of it in a single process)."""
         return data.subset(torch.arange(len(data))[shard(len(data))]) if is_distributed() else data
 
-    def _val_batches(self) -> list[tuple[torch.Tensor, ...]]:
-        """At most ``hyper_batches`` validation batches, drawn afresh (seeded by the step) per hyper-step."""
+    def _val_batches(self, batches: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """At most ``batches`` (default ``hyper_batches``) validation batches, drawn afresh (seeded by the step)
+        per hyper-step; the first ``k`` batches of a call with ``batches=k`` are those of a default call."""
         val = self.upper.val
-        n = min(len(val), self.cfg.hyper_batches * self.cfg.batch_size)
+        n = min(len(val), (batches or self.cfg.hyper_batches) * self.cfg.batch_size)
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.state.step)
         idx = torch.randperm(len(val), generator=gen)[:n]
         sub = val.subset(idx)
@@ -407,7 +408,7 @@ class Trainer:
         head = {id(p) for p in self.classifier.parameters()}
         backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
         _, y, x = self._train_buffer[-1]
-        xv, yv, *gv = self._val_batches()[0]
+        xv, yv, *gv = self._val_batches(1)[0]
         seed = self.cfg.seed * 100003 + self.state.step
 
         def train_loss() -> torch.Tensor:

@@ -85,3 +85,24 @@ def test_protocol_s5_ranks_quick(tmp_path):
     assert rows[0]["hyper_steps"] == rows[1]["hyper_steps"] > 0
     assert set(rows[1]["alpha_max_rel_diff"]) == {"class_weight", "logit_bias", "logit_scale"}
     assert all(r["images_per_s_per_rank"] > 0 for r in rows)
+
+
+def test_policy_hypergrad_quick(tmp_path):
+    out = tmp_path / "policy_hypergrad.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "policy_hypergrad.py"), "--epochs", "1",
+                          "--upper-start", "0", "--n-max", "40", "--batch-size", "16", "--interval", "2",
+                          "--states", "1", "--draws", "2", "--estimate-draws", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    assert result["search"]["hyper_steps"] > 0 and len(result["states"]) == 1
+    for row in [*result["states"], result["summary"]]:
+        for name in ("head", "head+backbone"):
+            for part in ("all", "probability", "magnitude"):
+                for key in ("cos", "cos_of_mean"):
+                    assert -1.0 <= row[name][part][key] <= 1.0, (name, part, key, row[name][part][key])
+                assert row[name][part]["rel_norm"] > 0 and 0 <= row[name][part]["sign"] <= 1
+    state = result["states"][0]
+    assert -1.0 <= state["noise_floor"]["all"]["cos"] <= 1.0
+    assert state["cpu_seconds"]["reference"] > 0 and state["reference_norm"] > 0
+    assert "| **mean** |" in res.stdout

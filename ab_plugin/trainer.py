@@ -412,7 +412,7 @@ class Trainer:
         seed = self.cfg.seed * 100003 + self.state.step
 
         def train_loss() -> torch.Tensor:
-            torch.manual_seed(seed)  # the same augmentation draws at both ends of the difference
+            torch.manual_seed(seed)  # draws from a fixed seed, inside fork_rng below
             with frozen_norm_stats(self.model), self._autocast():
                 return self.loss(self.model(self._prepare(x, y, True)).float(), y)
 

@@ -48,7 +48,12 @@ def test_every_engine_moves_alpha(tiny_bundle, engine):
 
 def test_resume_is_bit_for_bit(tiny_bundle, tmp_path):
     cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25})
-    full = AutoBalance(cfg).fit(tiny_bundle, model=TinyNet(4), run_dir=tmp_path / "a")
+
+    def net() -> TinyNet:  # the same initial weights for every run, whatever ran before in this process
+        torch.manual_seed(0)
+        return TinyNet(4)
+
+    full = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "a")
 
     class Stop(Exception):
         pass
@@ -59,9 +64,9 @@ def test_resume_is_bit_for_bit(tiny_bundle, tmp_path):
                 raise Stop
 
     with pytest.raises(Stop):
-        AutoBalance(cfg).fit(tiny_bundle, model=TinyNet(4), run_dir=tmp_path / "b", callbacks=[StopAfter()])
+        AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", callbacks=[StopAfter()])
     # the stop came after epoch 2's checkpoint? No: callbacks run before the save, so epoch 1 is the last
-    resumed = AutoBalance(cfg).fit(tiny_bundle, model=TinyNet(4), run_dir=tmp_path / "b", resume=True)
+    resumed = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", resume=True)
     assert resumed.alpha == full.alpha
     assert resumed.test_metrics == full.test_metrics
     assert (tmp_path / "b" / CHECKPOINT).exists() and (tmp_path / "b" / METRICS).exists()

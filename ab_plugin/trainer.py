@@ -173,9 +173,9 @@ class Trainer:
                 self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
-        self.hparams: list[torch.Tensor] = list(loss.hparameters())
-        if policy is not None and hasattr(policy, "hparameters"):
-            self.hparams += list(policy.hparameters())
+        # the learned policy's raw parameters A (empty for a fixed policy or none)
+        self.policy_params: list[torch.Tensor] = list(getattr(policy, "hparameters", list)())
+        self.hparams: list[torch.Tensor] = list(loss.hparameters()) + self.policy_params
         self.upper_level = self._make_upper_level() if upper is not None and self.hparams else None
         self.state = TrainState()
         self._train_buffer: deque = deque(maxlen=cfg.hyper_batches)
@@ -366,7 +366,7 @@ class Trainer:
 
     def _feature_problem(self) -> FeatureProblem:
         train = [(f, y) for f, y, _ in self._train_buffer]
-        if self.policy is not None and list(getattr(self.policy, "hparameters", list)()):
+        if self.policy_params:
             # the newest batch is recomputed with a graph from the policy parameters to its features;
             # it keeps its share (one batch of the buffer) in the training loss
             _, y, x = self._train_buffer[-1]
@@ -384,7 +384,10 @@ class Trainer:
         engine = self.upper.engine
         wants_features = getattr(engine, "problem", ModelProblem) is FeatureProblem  # a plain callable gets the model
         problem = self._feature_problem() if wants_features else self._model_problem()
-        grads = self._with_entropy_bonus(self._with_backbone_term(engine(problem)))
+        grads = engine(problem)
+        if wants_features:  # the other engines' θ holds the backbone already
+            grads = self._with_backbone_term(grads)
+        grads = self._with_entropy_bonus(grads)
         lr_scale = lr_at(st.step, self.steps_per_epoch, cfg) / cfg.lr if cfg.upper_decay else 1.0
         norm = self.upper_level.step(grads, lr_scale=lr_scale)
         if norm is None:
@@ -397,13 +400,11 @@ class Trainer:
             getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, self.upper_level.last_norm, norm is None)
 
     def _with_backbone_term(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """With ``augment_hypergrad="backbone"`` and the head engine (the others' θ holds the backbone already),
-        adds the backbone's response to the policy to A's hypergradient
-        (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, on the newest training batch and one validation batch,
-        with the backbone's inverse curvature taken as the learning rate times the steps per hyper-step)."""
-        policy_params = list(getattr(self.policy, "hparameters", list)()) if self.policy is not None else []
-        head_engine = getattr(self.upper.engine, "problem", ModelProblem) is FeatureProblem  # full engines have it
-        if self.cfg.augment_hypergrad != "backbone" or not policy_params or not head_engine:
+        """With ``augment_hypergrad="backbone"`` (called for the head engine only), adds the backbone's response
+        to the policy to A's hypergradient (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, on the newest
+        training batch and one validation batch, with the backbone's inverse curvature taken as the learning
+        rate times the steps per hyper-step)."""
+        if self.cfg.augment_hypergrad != "backbone" or not self.policy_params:
             return grads
         head = {id(p) for p in self.classifier.parameters()}
         backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
@@ -412,7 +413,6 @@ class Trainer:
         seed = self.cfg.seed * 100003 + self.state.step
 
         def train_loss() -> torch.Tensor:
-            torch.manual_seed(seed)  # draws from a fixed seed, inside fork_rng below
             with frozen_norm_stats(self.model), self._autocast():
                 return self.loss(self.model(self._prepare(x, y, True)).float(), y)
 
@@ -426,18 +426,19 @@ class Trainer:
         step = lr_at(self.state.step, self.steps_per_epoch, self.cfg) * self.cfg.interval
         cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the draws above leave the run's random stream as it was
-            extra = backbone_policy_grad(train_loss, val_loss, backbone, policy_params, step)
+        with torch.random.fork_rng(devices=cuda):  # the augmentation draws leave the run's random stream as it was
+            torch.manual_seed(seed)
+            extra = backbone_policy_grad(train_loss, val_loss, backbone, self.policy_params, step)
         where = {id(h): i for i, h in enumerate(self.hparams)}
         grads = list(grads)
-        for a, e in zip(policy_params, extra, strict=True):
+        for a, e in zip(self.policy_params, extra, strict=True):
             grads[where[id(a)]] = grads[where[id(a)]] + e
         return grads
 
     def _with_entropy_bonus(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """Hypergradients of the objective minus ``augment_entropy`` x the policy's mean gate entropy."""
         weight = self.cfg.augment_entropy
-        if not weight or self.policy is None or not list(getattr(self.policy, "hparameters", list)()):
+        if not weight or not self.policy_params:
             return grads
         extra = torch.autograd.grad(-weight * self.policy.gate_entropy(), self.hparams, allow_unused=True)
         return [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]

@@ -7,7 +7,6 @@ epoch and a resumed run continues bit-for-bit on CPU.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import deque
@@ -41,6 +40,7 @@ from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
 from .models import split_model
 from .objectives import Metrics, compute_metrics
+from .schedule import lr_at
 from .upper import UpperLevel
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,19 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
     return local_device(torch.device(name))
-
-
-def lr_at(step: int, steps_per_epoch: int, cfg: Config) -> float:
-    """Learning rate at a global iteration: linear warm-up, then cosine to 0 or ×0.1 steps."""
-    total = cfg.epochs * steps_per_epoch
-    warm = cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "cosine":
-        t = (step - warm) / max(1.0, total - warm)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    frac = step / total
-    return cfg.lr * 0.1 ** sum(frac >= m for m in cfg.milestones)
 
 
 @dataclass

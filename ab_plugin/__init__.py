@@ -20,6 +20,7 @@ _EXPORTS = {
     "Config": ".config",
     "ParametricCrossEntropy": ".losses",
     "RunResult": ".search",
+    "TrainerCallback": ".callbacks",
     "create_loss": ".losses",
     "retrain": ".search",
     "train_baseline": ".search",
@@ -30,6 +31,7 @@ __all__ = [
     "Config",
     "ParametricCrossEntropy",
     "RunResult",
+    "TrainerCallback",
     "__version__",
     "create_loss",
     "retrain",
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .callbacks import TrainerCallback
     from .config import Config
     from .losses import ParametricCrossEntropy, create_loss
     from .search import AutoBalance, RunResult, retrain, train_baseline

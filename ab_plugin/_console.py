@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .callbacks import TrainerCallback
 from .config import Config
 
 console = Console(stderr=True)
@@ -73,7 +74,7 @@ def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
     warn(str(message).splitlines()[0])
 
 
-class RichProgress:
+class RichProgress(TrainerCallback):
     """Trainer callback: one progress bar per stage with ETA and live metrics."""
 
     def __init__(self, progress: Progress, stage: str, cfg: Config) -> None:

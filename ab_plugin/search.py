@@ -180,7 +180,7 @@ class AutoBalance:
         upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
         self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
-                               upper=upper, test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+                               upper=upper, run_dir=run_dir, callbacks=callbacks)
         return self.trainer, val
 
     def fit(self, bundle: DatasetBundle, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -234,7 +234,7 @@ def retrain(
         policy = create_policy(_unlearned(cfg.augment), n)
     model = model if model is not None else _model(cfg, n, "retrain")
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
-                      test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+                      run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
     return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test)
 
@@ -255,6 +255,6 @@ def train_baseline(
     policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)
     model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
-                      test=bundle.test, run_dir=run_dir, callbacks=callbacks)
+                      run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
     return _finish(trainer, "baseline", name, bundle.train, bundle.test)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bilevel import Bilevel, Draws, Pipeline
+from .callbacks import TrainerCallback
 from .config import Config
 from .data import Split, create_loader, normalize
 from .distributed import (
@@ -35,13 +36,12 @@ from .distributed import (
     world_size,
 )
 from .evaluation import metrics_of, predict
-from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, frozen_norm_stats
+from .hypergrad import HypergradEngine
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
 from .models import split_model
 from .objectives import Metrics, compute_metrics
 from .schedule import lr_at
-from .upper import UpperLevel
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -108,11 +108,8 @@ class Trainer:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: augmentation module ``policy(x01, y) -> x01`` or ``None``.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
-        test: the test split (kept for the caller's evaluation).
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
-        callbacks: objects with any of the hooks ``on_epoch_start(trainer, epoch)``,
-            ``on_step_end(trainer, step, loss)``, ``on_hyper_step(trainer, step, norm, skipped)``,
-            ``on_epoch_end(trainer, epoch, record)``.
+        callbacks: :class:`TrainerCallback` instances.
 
     Under ``torchrun`` (a default process group of N ranks) the run is the single-process run on the
     union of the ranks' batches: each rank takes its ``1/N`` of every global batch of ``cfg.batch_size``,
@@ -131,10 +128,12 @@ class Trainer:
         std: Sequence[float],
         policy: nn.Module | None = None,
         upper: HyperSetup | None = None,
-        test: Split | None = None,
         run_dir: str | Path | None = None,
-        callbacks: Sequence[Any] = (),
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
+        for cb in callbacks:
+            if not isinstance(cb, TrainerCallback):
+                raise TypeError(f"Trainer callbacks subclass ab_plugin.TrainerCallback, got {type(cb).__name__}")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -143,7 +142,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = loss.to(self.device)
         self.policy = policy.to(self.device) if policy is not None else None
-        self.train_data, self.test, self.upper = train, test, upper
+        self.train_data, self.upper = train, upper
         self.mean, self.std = tuple(mean), tuple(std)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
@@ -160,29 +159,35 @@ class Trainer:
                 self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
-        # the learned policy's raw parameters A (empty for a fixed policy or none)
-        self.policy_params: list[torch.Tensor] = list(getattr(policy, "hparameters", list)())
-        self.hparams: list[torch.Tensor] = list(loss.hparameters()) + self.policy_params
-        self.upper_level = self._make_upper_level() if upper is not None and self.hparams else None
+        self.bilevel = self._make_bilevel() if upper is not None else None
+        self.pipeline = Pipeline(self.model, self.features, self.classifier, self._train_input,
+                                 lambda x: self._model_input(x), self._val_batches, self._autocast, self.optimizer)
         self.state = TrainState()
-        self._train_buffer: deque = deque(maxlen=cfg.hyper_batches)
-        self._val_features: list[tuple[torch.Tensor, ...]] = []
-        self._val_features_step = -1  # lower step at which the validation features were computed
         self._bad_in_row = 0
         self._amp = cfg.amp and self.device.type == "cuda"
         if is_distributed():
             torch.manual_seed(cfg.seed + rank())  # the ranks' augmentations draw different random numbers
 
     # set-up --------------------------------------------------------------------------------------
-    def _make_upper_level(self) -> UpperLevel:
+    def _make_bilevel(self) -> Bilevel:
         c = self.cfg
         per_epoch = self.steps_per_epoch / c.interval  # hyper-steps per upper epoch
         total = int((c.epochs - self.upper_start_epoch) * per_epoch)
-        return UpperLevel(
-            self.hparams, optimizer=c.upper_optimizer, lr=c.upper_lr, momentum=c.upper_momentum,
-            weight_decay=c.upper_weight_decay, clip=c.clip, warmup_steps=round(c.upper_warmup_epochs * per_epoch),
-            average_from=int(total * (1 - c.upper_average)) if c.upper_average > 0 else None,
-        )
+        upper = dict(optimizer=c.upper_optimizer, lr=c.upper_lr, momentum=c.upper_momentum,
+                     weight_decay=c.upper_weight_decay, clip=c.clip,
+                     warmup_steps=round(c.upper_warmup_epochs * per_epoch),
+                     average_from=int(total * (1 - c.upper_average)) if c.upper_average > 0 else None)
+        # validation features no older than the buffered training features (hyper_batches steps), so the
+        # classifier the head engine solves for sees both sides with about the same backbone
+        return Bilevel(self.loss, self.upper.engine, self.upper.objective, policy=self.policy,
+                       hyper_batches=c.hyper_batches, weight_decay=c.weight_decay, upper=upper,
+                       augment_hypergrad=c.augment_hypergrad, augment_entropy=c.augment_entropy,
+                       val_max_age=c.hyper_batches)
+
+    @property
+    def learns(self) -> bool:
+        """Whether this run has an upper level with something to learn (α or A)."""
+        return self.bilevel is not None and bool(self.bilevel.hparams)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -193,27 +198,21 @@ class Trainer:
         return int(round(self.cfg.upper_start * self.cfg.epochs))
 
     # forward paths ------------------------------------------------------------------------------
-    def _prepare(self, x: torch.Tensor, y: torch.Tensor, augment: bool) -> torch.Tensor:
+    def _model_input(self, x: torch.Tensor, y: torch.Tensor | None = None, draws: Draws | None = None, *,
+                     augment: bool = False) -> torch.Tensor:
+        """A batch as stored (uint8 or [0, 1] float) -> the model's input: augmented (with ``draws`` when given,
+        else fresh ones) when ``augment``, normalised, channels-last when configured."""
         x01 = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         if augment and self.policy is not None:
-            x01 = self.policy(x01, y)
+            x01 = self.policy(x01, y, draws)
         xn = normalize(x01, self.mean, self.std)
         return xn.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else xn
 
+    def _train_input(self, x: torch.Tensor, y: torch.Tensor, draws: Draws | None) -> torch.Tensor:
+        return self._model_input(x, y, draws, augment=True)
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp)
-
-    def train_forward(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        with self._autocast():
-            return (model or self.model)(self._prepare(x, y, True)).float()
-
-    def val_forward(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        with self._autocast():
-            return (model or self.model)(self._prepare(x, None, False)).float()
-
-    def augment_features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with frozen_norm_stats(self.model), self._autocast():
-            return self.features(self._prepare(x, y, True)).float()
 
     def predict(self, data: Split, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, C]`` and features ``[N, D]`` of ``data`` in eval mode (no augmentation)."""
@@ -235,8 +234,8 @@ class Trainer:
         self.model.train()
         while self.state.epoch < self.cfg.epochs:
             self._epoch()
-        if self.upper_level is not None:
-            self.upper_level.use_average()  # a search exports α averaged over its last part (if set)
+        if self.learns:
+            self.bilevel.upper.use_average()  # a search exports α averaged over its last part (if set)
         return self.state
 
     def _epoch(self) -> None:
@@ -244,9 +243,9 @@ class Trainer:
         epoch = st.epoch
         t0 = time.perf_counter()
         for cb in self.callbacks:
-            getattr(cb, "on_epoch_start", lambda *a: None)(self, epoch)
+            cb.on_epoch_start(self, epoch)
         self.loss.set_progress(epoch / cfg.epochs)
-        upper_active = self.upper_level is not None and epoch >= self.upper_start_epoch
+        upper_active = self.learns and epoch >= self.upper_start_epoch
         record: dict[str, Any] = {"epoch": epoch + 1}
         total, count = 0.0, 0
         for x, y, _ in self.loader:
@@ -261,7 +260,7 @@ class Trainer:
             if upper_active and st.step % cfg.interval == 0:
                 self._hyper_step()
             for cb in self.callbacks:
-                getattr(cb, "on_step_end", lambda *a: None)(self, st.step, loss_value)
+                cb.on_step_end(self, st.step, loss_value)
         if self.upper is not None:
             # one pass over the validation split per epoch, after its training: the epoch's validation metrics
             # (what a pruner reads) and the head engine's features for the next hyper-steps
@@ -280,7 +279,7 @@ class Trainer:
         st.epoch += 1
         st.history.append(record)
         for cb in self.callbacks:
-            getattr(cb, "on_epoch_end", lambda *a: None)(self, epoch, record)
+            cb.on_epoch_end(self, epoch, record)
         if self.run_dir is not None:
             self.save(self.run_dir / CHECKPOINT)
             if is_rank_zero():
@@ -291,8 +290,9 @@ class Trainer:
         lr = lr_at(st.step, self.steps_per_epoch, cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        draws = self.policy.sample_params(x, y) if self.policy is not None else None
         with self._autocast():
-            feats, logits = self._lower(self._prepare(x, y, True))
+            feats, logits = self._lower(self._train_input(x, y, draws))
             logits = logits.float()
         # the union's loss on every rank; DDP averages the ranks' gradients of N × their share into the union's
         loss = union_share(self.loss)(logits, y)
@@ -305,8 +305,8 @@ class Trainer:
         (loss * world_size() if is_distributed() else loss).backward(
             inputs=[p for p in self.model.parameters() if p.requires_grad])
         self.optimizer.step()
-        if self.upper is not None:
-            self._train_buffer.append((feats.detach().float(), y, x))
+        if self.bilevel is not None:
+            self.bilevel.push(y, features=feats, inputs=x, draws=draws)
         return float(loss.detach())
 
     @torch.no_grad()
@@ -315,8 +315,8 @@ class Trainer:
         logits, feats = self.predict(val)
         y = val.targets.to(self.device)
         g = val.groups.to(self.device) if val.groups is not None else None
-        self._val_features = [(feats, y, g) if g is not None else (feats, y)]
-        self._val_features_step = self.state.step
+        if self.bilevel is not None:
+            self.bilevel.set_val_features([(feats, y, g) if g is not None else (feats, y)], self.state.step)
         return compute_metrics(cat_ranks(logits), cat_ranks(y), val.num_classes, None if g is None else cat_ranks(g))
 
     @staticmethod
@@ -336,47 +336,11 @@ class Trainer:
                                num_workers=self.cfg.workers, shard=(rank(), world_size()))
         return [b if b[2] is not None else b[:2] for b in loader]
 
-    @torch.no_grad()
-    def _fresh_val_features(self) -> list[tuple[torch.Tensor, ...]]:
-        """Validation features no older than the buffered training features (``hyper_batches`` steps),
-        so the classifier the head engine solves for sees both sides with about the same backbone."""
-        if not self._val_features or self.state.step - self._val_features_step > self.cfg.hyper_batches:
-            was = self.model.training
-            self.model.eval()
-            feats = []
-            for x, *rest in self._val_batches():
-                with self._autocast():
-                    feats.append((self.features(self._prepare(x, None, False)).float(), *rest))
-            self.model.train(was)
-            self._val_features, self._val_features_step = feats, self.state.step
-        return self._val_features
-
-    def _feature_problem(self) -> FeatureProblem:
-        train = [(f, y) for f, y, _ in self._train_buffer]
-        if self.policy_params:
-            # the newest batch is recomputed with a graph from the policy parameters to its features;
-            # it keeps its share (one batch of the buffer) in the training loss
-            _, y, x = self._train_buffer[-1]
-            train[-1] = (self.augment_features(x, y), y)
-        return FeatureProblem(self.classifier, self.loss, self.upper.objective, self.hparams, train,
-                              self._fresh_val_features(), self.cfg.weight_decay)
-
-    def _model_problem(self) -> ModelProblem:
-        return ModelProblem(self.model, self.loss, self.upper.objective, self.hparams,
-                            [(x, y) for _, y, x in self._train_buffer], self._val_batches(),
-                            self.train_forward, self.val_forward, self.cfg.weight_decay, self.optimizer)
-
     def _hyper_step(self) -> None:
         st, cfg = self.state, self.cfg
-        engine = self.upper.engine
-        wants_features = getattr(engine, "problem", ModelProblem) is FeatureProblem  # a plain callable gets the model
-        problem = self._feature_problem() if wants_features else self._model_problem()
-        grads = engine(problem)
-        if wants_features:  # the other engines' θ holds the backbone already
-            grads = self._with_backbone_term(grads)
-        grads = self._with_entropy_bonus(grads)
-        lr_scale = lr_at(st.step, self.steps_per_epoch, cfg) / cfg.lr if cfg.upper_decay else 1.0
-        norm = self.upper_level.step(grads, lr_scale=lr_scale)
+        lr = lr_at(st.step, self.steps_per_epoch, cfg)
+        norm = self.bilevel.step(self.pipeline, step=st.step, lr_scale=lr / cfg.lr if cfg.upper_decay else 1.0,
+                                 backbone_step=lr * cfg.interval)
         if norm is None:
             st.skipped_hyper_steps += 1
             self._bad(f"non-finite hypergradient at step {st.step}")
@@ -384,51 +348,7 @@ class Trainer:
             self._bad_in_row = 0
             st.hyper_steps += 1
         for cb in self.callbacks:
-            getattr(cb, "on_hyper_step", lambda *a: None)(self, st.step, self.upper_level.last_norm, norm is None)
-
-    def _with_backbone_term(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """With ``augment_hypergrad="backbone"`` (called for the head engine only), adds the backbone's response
-        to the policy to A's hypergradient (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, on the newest
-        training batch and one validation batch, with the backbone's inverse curvature taken as the learning
-        rate times the steps per hyper-step)."""
-        if self.cfg.augment_hypergrad != "backbone" or not self.policy_params:
-            return grads
-        head = {id(p) for p in self.classifier.parameters()}
-        backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
-        _, y, x = self._train_buffer[-1]
-        xv, yv, *gv = self._val_batches(1)[0]
-        seed = self.cfg.seed * 100003 + self.state.step
-
-        def train_loss() -> torch.Tensor:
-            with frozen_norm_stats(self.model), self._autocast():
-                return self.loss(self.model(self._prepare(x, y, True)).float(), y)
-
-        def val_loss() -> torch.Tensor:
-            self.model.eval()
-            try:
-                return self.upper.objective(self.val_forward(xv), yv, gv[0] if gv else None)
-            finally:
-                self.model.train()
-
-        step = lr_at(self.state.step, self.steps_per_epoch, self.cfg) * self.cfg.interval
-        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-            if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the augmentation draws leave the run's random stream as it was
-            torch.manual_seed(seed)
-            extra = backbone_policy_grad(train_loss, val_loss, backbone, self.policy_params, step)
-        where = {id(h): i for i, h in enumerate(self.hparams)}
-        grads = list(grads)
-        for a, e in zip(self.policy_params, extra, strict=True):
-            grads[where[id(a)]] = grads[where[id(a)]] + e
-        return grads
-
-    def _with_entropy_bonus(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Hypergradients of the objective minus ``augment_entropy`` x the policy's mean gate entropy."""
-        weight = self.cfg.augment_entropy
-        if not weight or not self.policy_params:
-            return grads
-        extra = torch.autograd.grad(-weight * self.policy.gate_entropy(), self.hparams, allow_unused=True)
-        return [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]
+            cb.on_hyper_step(self, st.step, self.bilevel.upper.last_norm, norm is None)
 
     def _bad(self, what: str) -> None:
         self._bad_in_row += 1
@@ -443,13 +363,14 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         st = self.state
         return {
-            "format": 2,
+            "format": 3,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss": self.loss.state_dict(),
             "policy": self.policy.state_dict() if self.policy is not None else None,
-            "upper": self.upper_level.state_dict() if self.upper_level is not None else None,
+            # the bilevel core's shared part; its training buffer differs between ranks (below)
+            "bilevel": self.bilevel.state_dict(buffer=False) if self.bilevel is not None else None,
             "loader": self.loader.state_dict(),
             "state": {k: getattr(st, k) for k in ("epoch", "step", "hyper_steps", "skipped_steps",
                                                    "skipped_hyper_steps", "history", "seconds")},
@@ -462,8 +383,7 @@ class Trainer:
         return {
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "train_buffer": [tuple(t.cpu() for t in b) for b in self._train_buffer] if is_distributed()
-            else list(self._train_buffer),
+            "bilevel_buffer": self.bilevel.state_dict()["buffer"] if self.bilevel is not None else [],
         }
 
     def _load_rank_state(self, ck: dict[str, Any]) -> None:
@@ -475,11 +395,11 @@ class Trainer:
         torch.set_rng_state(part["rng"])
         if part.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(part["cuda_rng"])
-        self._train_buffer.clear()
-        self._train_buffer.extend(tuple(t.to(self.device) for t in b) for b in part.get("train_buffer", []))
+        if self.bilevel is not None and ck.get("bilevel") is not None:
+            self.bilevel.load_state_dict({**ck["bilevel"], "buffer": part["bilevel_buffer"]})
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
-        if ck.get("format") != 2:
+        if ck.get("format") != 3:
             raise ValueError("the checkpoint was written by an older ab-plugin: start the run again (--overwrite)")
         if ck.get("num_classes") != self.train_data.num_classes:
             raise ValueError(
@@ -491,15 +411,14 @@ class Trainer:
         self.loss.load_state_dict(ck["loss"])
         if self.policy is not None and ck.get("policy") is not None:
             self.policy.load_state_dict(ck["policy"])
-        if self.upper_level is not None and ck.get("upper") is not None:
-            self.upper_level.load_state_dict(ck["upper"])
         self.loader.load_state_dict(ck["loader"])
         self.state = TrainState(**ck["state"])
         self._load_rank_state(ck)
 
     def save(self, path: Path) -> None:
         """Rank 0 writes (atomically); every rank returns once the file is complete."""
-        check_same(self.hparams, "α")
+        if self.bilevel is not None:
+            check_same(self.bilevel.hparams.all, "α")
         state = self.state_dict()  # a collective on several ranks: every rank builds it
         if is_rank_zero():
             save_checkpoint(path, state)

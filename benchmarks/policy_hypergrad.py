@@ -6,8 +6,8 @@ its upper phase, right after the trainer's own hyper-step, a callback computes t
 raw parameters A (probability and magnitude logits; α's part is left out) three ways:
 
 - ``head``: the head engine on the trainer's feature problem (the classifier's refit to the features of the
-  newest training batch, augmented live with a graph to A), as ``Trainer._hyper_step`` computes it;
-- ``head+backbone``: that plus :func:`ab_plugin.hypergrad.backbone_policy_grad` as ``Trainer._with_backbone_term``
+  newest training batch, replayed with a graph to A), as ``Bilevel.hypergradient`` computes it;
+- ``head+backbone``: that plus :func:`ab_plugin.hypergrad.backbone_policy_grad` as the bilevel core
   adds it (``-lr·interval·(∂²_{Aθ} ℓ_train) ∇_θ L_val`` over the backbone, one training and one validation batch);
 - the reference: ``d L_val(θ_K(A)) / dA`` through K = ``interval`` differentiable lower SGD steps of the whole
   network (the trainer's optimizer: current lr, momentum buffers, weight decay) by the ``unrolled`` engine
@@ -15,8 +15,9 @@ raw parameters A (probability and magnitude logits; α's part is left out) three
   validation objective on the trainer's validation batches in eval mode (as the head engine's features and the
   backbone term see them); averaged over ``--draws`` draws (K batches picked from the buffer, augmentation).
 
-Each estimate is also drawn ``--estimate-draws`` times (augmentation of its batch; for the backbone term also its
-validation batch): ``cos`` is the mean single-draw cosine with the reference (what one hyper-step gets),
+Each estimate is also drawn ``--estimate-draws`` times (draw 0: the draws the batch was trained with, as the
+trainer's hyper-step uses them; the others: fresh augmentation draws of the same batch).
+``cos`` is the mean single-draw cosine with the reference (what one hyper-step gets),
 ``cos_of_mean`` the cosine of the draws' mean (the estimate's direction with less of its own noise). Reported per
 state and averaged: cosine with the reference (all of A, the probability logits, the magnitude logits),
 ‖estimate‖ / ‖reference‖, the fraction of entries with the reference's sign, the reference's noise floor (the
@@ -48,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from protocol_q import machine, revision  # noqa: E402
+
+from ab_plugin.callbacks import TrainerCallback  # noqa: E402
 
 ESTIMATES = ("head", "head+backbone")
 PARTS = ("all", "probability", "magnitude")  # A = [probability_logit, magnitude_logit]
@@ -90,65 +93,90 @@ def snapshot(trainer) -> list:
     state = [t.detach().clone() for t in trainer.model.state_dict().values()]
     for s in trainer.optimizer.state.values():
         state += [v.detach().clone() for v in s.values() if hasattr(v, "detach")]
-    return state + [h.detach().clone() for h in trainer.hparams]
+    return state + [h.detach().clone() for h in trainer.bilevel.hparams.all]
 
 
-def measure(trainer, args: argparse.Namespace, index: int) -> dict[str, Any]:
-    """The three hypergradients of A at the trainer's current state, compared (the run is left as it was)."""
+class Recorder:
+    """Keeps the raw input batches the trainer pushes to its bilevel core (the head engine's buffer holds
+    features, and the raw inputs of the newest batch only): the reference unrolls through them."""
+
+    def __init__(self, trainer, keep: int) -> None:
+        from collections import deque
+
+        self.batches: deque = deque(maxlen=keep)
+        push = trainer.bilevel.push
+
+        def recording(target, *, features=None, inputs=None, draws=None):
+            self.batches.append((inputs, target))
+            push(target, features=features, inputs=inputs, draws=draws)
+
+        trainer.bilevel.push = recording
+
+
+def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -> dict[str, Any]:
+    """The three hypergradients of A at the trainer's current state, compared (the run is left as it was).
+
+    Estimate draw 0 is what the trainer's hyper-step computes (the newest batch replayed with the draws it was
+    trained with); draws 1.. replay that batch under fresh augmentation draws."""
+    import dataclasses
+
     import torch
 
     from ab_plugin.hypergrad import ModelProblem, UnrolledEngine
+    from ab_plugin.schedule import lr_at
 
-    cfg0 = trainer.cfg
-    policy = list(trainer.policy.hparameters())
-    where = [next(i for i, h in enumerate(trainer.hparams) if h is p) for p in policy]
-    val_cache = (trainer._val_features, trainer._val_features_step)
+    cfg0, core = trainer.cfg, trainer.bilevel
+    n_loss = len(core.hparams.loss)
     before = snapshot(trainer)
     base = 7919 * (index + 1) + cfg0.seed
     est: dict[str, list] = {"head": [], "backbone": []}
     clocks: dict[str, list[Clock]] = {"head": [], "backbone": [], "reference": []}
     ref: list = []
+    lr = lr_at(trainer.state.step, trainer.steps_per_epoch, cfg0)
+    p = trainer.pipeline
+    fresh = dataclasses.replace(p, train_input=lambda x, y, draws: p.train_input(x, y, None))
+
+    def val_forward(x, model=None):
+        m = model if model is not None else trainer.model
+        was = m.training
+        m.train(False)
+        try:
+            return p.val_logits(x, m)
+        finally:
+            m.train(was)
+
     with torch.random.fork_rng(devices=[]):
         try:
             for e in range(args.estimate_draws):
-                torch.manual_seed(base + e)  # the newest batch's augmentation in the head engine's problem
+                torch.manual_seed(base + e)
+                pipeline = p if e == 0 else fresh
+                core.augment_hypergrad = "head"
                 with Clock() as c:
-                    grads = trainer.upper.engine(trainer._feature_problem())
+                    head = core.hypergradient(pipeline, step=trainer.state.step)
                 clocks["head"].append(c)
-                est["head"].append([grads[i].detach() for i in where])
-                # draw 0 is the backbone term's own draw at this step (its seed is cfg.seed and the step)
-                trainer.cfg = cfg0.replace(augment_hypergrad="backbone", seed=cfg0.seed + 1000 * e)
-                zeros = [torch.zeros_like(h) for h in trainer.hparams]
+                core.augment_hypergrad = "backbone"
                 with Clock() as c:
-                    extra = trainer._with_backbone_term(zeros)
+                    both = core.hypergradient(pipeline, step=trainer.state.step, backbone_step=lr * cfg0.interval)
                 clocks["backbone"].append(c)
-                trainer.cfg = cfg0
-                est["backbone"].append([extra[i].detach() for i in where])
+                est["head"].append([g.detach() for g in head[n_loss:]])
+                est["backbone"].append([(b - h).detach() for h, b in zip(head[n_loss:], both[n_loss:], strict=True)])
 
-            def val_forward(x, model=None):
-                m = model if model is not None else trainer.model
-                was = m.training
-                m.train(False)
-                try:
-                    return trainer.val_forward(x, m)
-                finally:
-                    m.train(was)
-
-            buffer, val = list(trainer._train_buffer), trainer._val_batches()
+            buffer = list(recorder.batches)
+            val = p.val_batches(None)
             engine = UnrolledEngine(steps=cfg0.interval)
             for d in range(args.draws):
                 order = torch.randperm(len(buffer), generator=torch.Generator().manual_seed(base + 100 + d)).tolist()
-                batches = [(buffer[i][2], buffer[i][1]) for i in order[: cfg0.interval]]
-                problem = ModelProblem(trainer.model, trainer.loss, trainer.upper.objective, trainer.hparams, batches,
-                                       val, trainer.train_forward, val_forward, cfg0.weight_decay, trainer.optimizer)
+                batches = [(buffer[i][0], buffer[i][1]) for i in order[: cfg0.interval]]
+                problem = ModelProblem(trainer.model, trainer.loss, core.objective, core.hparams.all, batches, val,
+                                       lambda x, y, m=None: p.train_logits(x, y, None, m), val_forward,
+                                       cfg0.weight_decay, trainer.optimizer)
                 torch.manual_seed(base + 100 + d)
                 with Clock() as c:
                     grads = engine(problem)
                 clocks["reference"].append(c)
-                ref.append([grads[i].detach() for i in where])
+                ref.append([g.detach() for g in grads[n_loss:]])
         finally:
-            trainer.cfg = cfg0
-            trainer._val_features, trainer._val_features_step = val_cache
+            core.augment_hypergrad = cfg0.augment_hypergrad
     after = snapshot(trainer)
     if len(after) != len(before) or not all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
         raise RuntimeError("the measurement changed the run's state")
@@ -181,11 +209,15 @@ def measure(trainer, args: argparse.Namespace, index: int) -> dict[str, Any]:
     return row
 
 
-class Probe:
+class Probe(TrainerCallback):
     """Trainer callback: measures at ``states`` hyper-steps spread evenly through the upper phase."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.rows, self.count, self.at = args, [], 0, None
+        self.args, self.rows, self.count, self.at, self.recorder = args, [], 0, None, None
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        if self.recorder is None:
+            self.recorder = Recorder(trainer, trainer.cfg.hyper_batches)
 
     def on_hyper_step(self, trainer, step: int, norm, skipped: bool) -> None:
         if self.at is None:
@@ -196,7 +228,7 @@ class Probe:
             self.at = sorted({max(1, math.ceil((j + 0.5) * total / n)) for j in range(n)})
         self.count += 1
         if self.count in self.at:
-            self.rows.append(measure(trainer, self.args, len(self.rows)))
+            self.rows.append(measure(trainer, self.recorder, self.args, len(self.rows)))
             r = self.rows[-1]
             print(f"state {len(self.rows)}/{len(self.at)} (step {r['step']}): cos head {r['head']['all']['cos']:.3f}, "
                   f"head+backbone {r['head+backbone']['all']['cos']:.3f}, "

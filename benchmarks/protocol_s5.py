@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from protocol_q import machine, revision  # noqa: E402
 
+from ab_plugin.callbacks import TrainerCallback  # noqa: E402
+
 
 def _search(out: Path, ranks: int, a: argparse.Namespace) -> dict[str, Any]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
@@ -65,7 +67,7 @@ def ranks(a: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-class _Clock:
+class _Clock(TrainerCallback):
     """Trainer callbacks: wall time of each lower step, and which steps carried a hyper-step."""
 
     def __init__(self) -> None:
@@ -129,7 +131,7 @@ def imagenet(a: argparse.Namespace) -> list[dict[str, Any]]:
     solves = []
     for _ in range(3):
         t1 = time.perf_counter()
-        trainer.upper.engine(trainer._feature_problem())
+        trainer.bilevel.hypergradient(trainer.pipeline, step=trainer.state.step)
         solves.append(time.perf_counter() - t1)
     return [{"classes": c, "image_px": 224, "backbone": "resnet50", "engine": "head",
              "train_images": len(train), "val_images": len(val),

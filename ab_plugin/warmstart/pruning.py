@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..callbacks import TrainerCallback
 from ._optuna import import_optuna
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner
 
 
-class TrialPruningCallback:
+class TrialPruningCallback(TrainerCallback):
     """Trainer callback: ``trial.report`` the epoch's validation metric, raise ``optuna.TrialPruned`` on
     ``trial.should_prune()``.
 

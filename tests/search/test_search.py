@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TinyNet
 
-from ab_plugin import AutoBalance, Config, retrain, train_baseline
+from ab_plugin import AutoBalance, Config, TrainerCallback, retrain, train_baseline
 from ab_plugin.hypergrad import FeatureProblem
 from ab_plugin.trainer import CHECKPOINT, METRICS, Trainer
 
@@ -58,7 +58,7 @@ def test_resume_is_bit_for_bit(tiny_bundle, tmp_path):
     class Stop(Exception):
         pass
 
-    class StopAfter:
+    class StopAfter(TrainerCallback):
         def on_epoch_end(self, trainer, epoch, record):
             if epoch == 1:
                 raise Stop
@@ -94,8 +94,8 @@ def test_nan_hypergradient_is_skipped_and_alpha_kept(tiny_bundle):
     cfg = Config(**{**FAST, "epochs": 2, "upper_start": 0.0, "max_bad_steps": 1000})
     trainer, _ = AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))
     before = trainer.loss.per_class()
-    trainer.upper.engine = lambda problem: [torch.full_like(h, float("nan")) for h in problem.hparams]
-    trainer.upper.engine.problem = FeatureProblem
+    trainer.bilevel.engine = lambda problem: [torch.full_like(h, float("nan")) for h in problem.hparams]
+    trainer.bilevel.engine.problem = FeatureProblem
     with pytest.warns(RuntimeWarning, match="non-finite hypergradient"):
         trainer.fit()
     assert trainer.state.hyper_steps == 0 and trainer.state.skipped_hyper_steps == trainer.state.step // 2
@@ -117,5 +117,5 @@ def test_trainer_does_not_touch_alpha_in_lower_steps(tiny_bundle):
     before = {k: list(v) for k, v in trainer.loss.per_class().items()}
     trainer.fit()
     assert trainer.loss.per_class() == before
-    assert all(h.grad is None for h in trainer.hparams)
+    assert all(h.grad is None for h in trainer.bilevel.hparams.all)
     assert isinstance(trainer, Trainer)

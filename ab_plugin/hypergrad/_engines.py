@@ -12,6 +12,7 @@ engine reads every field of the kind it declares (``engine.problem``):
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ from ._unrolled import unrolled_grad
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[..., torch.Tensor]
+
+
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in a lower precision (mixed-precision outputs); float32 / float64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 @dataclass
@@ -136,13 +142,13 @@ class HeadEngine(HypergradEngine):
         clf = problem.classifier
         params = [p for p in clf.parameters() if p.requires_grad]
         wd = problem.weight_decay
-        feats = torch.cat([b[0] for b in problem.train]).float()
+        feats = full_precision(torch.cat([b[0] for b in problem.train]))
         targets = [b[1] for b in problem.train]
         if any(t.ndim == 2 for t in targets):  # mixup batches beside hard-label ones: all soft
             n = next(t.shape[1] for t in targets if t.ndim == 2)
             targets = [to_soft_targets(t, n) for t in targets]
         labels = torch.cat(targets)
-        vf, vy, vg = _cat_val(problem.val, [b[0].float() for b in problem.val])
+        vf, vy, vg = _cat_val(problem.val, [full_precision(b[0]) for b in problem.val])
         # on several ranks each holds a shard of the features: the losses are those of the union
         loss, objective, ranks = union_share(problem.loss), union_share(problem.objective), is_distributed()
         return implicit_grad(
@@ -248,10 +254,12 @@ ENGINES.register("unrolled", UnrolledEngine)
 def create_engine(name: str, **options) -> HypergradEngine:
     """An engine by name with its options (``head``: iters, tol, damping; ``neumann``: terms, step;
     ``cg``: iters, tol, damping; ``unrolled``: steps)."""
-    try:
-        return ENGINES.create(name, **options)
+    factory = ENGINES.get(name)
+    try:  # only a mismatch with the factory's signature is the caller's mistake; its own errors propagate
+        inspect.signature(factory).bind(**options)
     except TypeError as e:
         raise ValueError(f"bad options {options} for engine {name!r}: {e}") from None
+    return factory(**options)
 
 
 def list_engines() -> list[str]:

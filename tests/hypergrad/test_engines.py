@@ -1,5 +1,6 @@
 """Engines against finite differences of the problems they stand for."""
 
+import pytest
 import torch
 
 from ab_plugin.hypergrad import FeatureProblem, create_engine
@@ -67,3 +68,17 @@ def test_head_engine_matches_finite_differences_of_its_problem():
                         for sign in (1, -1))
             fd = (up - down) / (2 * eps)
             assert abs(float(got @ d) - fd) <= 2e-3 + 2e-2 * abs(fd), (name, float(got @ d), fd)
+
+
+def test_create_engine_names_a_bad_option_but_lets_an_engines_own_type_error_through(monkeypatch):
+    from ab_plugin.hypergrad import ENGINES
+
+    with pytest.raises(ValueError, match="bad options .*'head'"):
+        create_engine("head", iterations=5)
+
+    def broken(steps: int = 1):
+        raise TypeError("a bug inside the factory")
+
+    monkeypatch.setitem(ENGINES._factories, "broken", broken)
+    with pytest.raises(TypeError, match="a bug inside the factory"):
+        create_engine("broken", steps=2)

@@ -28,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, frozen_norm_stats
+from .hypergrad._engines import full_precision
 from .losses import ParametricCrossEntropy
 from .upper import UpperLevel
 
-__all__ = ["Bilevel", "Hyperparameters", "Pipeline"]
+__all__ = ["Bilevel", "Hyperparameters", "Pipeline", "full_precision"]
 
 Batch = tuple[Tensor, ...]
 Draws = dict[str, Tensor]
@@ -93,12 +94,12 @@ class Pipeline:
                      model: nn.Module | None = None) -> Tensor:
         """``[B, C]`` float32 training logits of a buffered batch, by ``model`` (a functional copy) or :attr:`model`."""
         with self.autocast():
-            return (model or self.model)(self.train_input(inputs, y, draws)).float()
+            return full_precision((model or self.model)(self.train_input(inputs, y, draws)))
 
     def val_logits(self, x: Tensor, model: nn.Module | None = None) -> Tensor:
         """``[B, C]`` float32 logits of a validation batch (no augmentation)."""
         with self.autocast():
-            return (model or self.model)(self.val_input(x)).float()
+            return full_precision((model or self.model)(self.val_input(x)))
 
 
 @dataclass
@@ -209,6 +210,11 @@ class Bilevel:
         """Training batches held for the next hyper-step."""
         return len(self._buffer)
 
+    @property
+    def targets(self) -> list[Tensor]:
+        """The buffered batches' targets, oldest first (``[B]`` labels or ``[B, C]`` soft targets)."""
+        return [e.target for e in self._buffer]
+
     # ------------------------------------------------------------------------------------------ seam
     def push(self, target: Tensor, *, features: Tensor | None = None, inputs: Tensor | None = None,
              draws: Draws | None = None) -> None:
@@ -234,11 +240,12 @@ class Bilevel:
                 inputs = draws = None
         else:
             features = None  # the full-model engines recompute everything from the inputs
-        self._buffer.append(_Entry(target.detach(), None if features is None else features.detach().float(),
+        self._buffer.append(_Entry(target.detach(), None if features is None else full_precision(features.detach()),
                                    None if inputs is None else inputs.detach(), draws if replayable else None))
 
     def set_val_features(self, batches: list[Batch], step: int) -> None:
-        """Validation features ``[(features [B, D], y[, groups])]`` the driver computed at lower step ``step``."""
+        """Validation features ``[(features [B, D], y[, groups])]`` the driver computed at lower step ``step``
+        (an empty list: recompute them at the next hyper-step)."""
         self._val.set(batches, step)
 
     def step(self, pipeline: Pipeline, *, step: int, lr_scale: float = 1.0,
@@ -278,7 +285,7 @@ class Bilevel:
             # keeps its share (one batch of the buffer) of the training loss
             with _mode(p.model, True), frozen_norm_stats(p.model), p.autocast():
                 x = p.train_input(newest.inputs.to(device), train[-1][1], _draws_on(newest.draws, device))
-                train[-1] = (p.features(x).float(), train[-1][1])
+                train[-1] = (full_precision(p.features(x)), train[-1][1])
         val = self._val.get(step, lambda: self._val_features(p))
         return FeatureProblem(p.classifier, self.loss, self.objective, self.hparams.all, train, val,
                               self.weight_decay)
@@ -289,7 +296,7 @@ class Bilevel:
         with _mode(p.model, False):
             for x, *rest in p.val_batches(None):
                 with p.autocast():
-                    out.append((p.features(p.val_input(x)).float(), *rest))
+                    out.append((full_precision(p.features(p.val_input(x))), *rest))
         return out
 
     def _model_problem(self, p: Pipeline) -> ModelProblem:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,16 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ab_plugin.bilevel import Bilevel, Pipeline, full_precision
 from ab_plugin.config import Config
 from ab_plugin.hypergrad import (
-    FeatureProblem,
     HypergradEngine,
-    ModelProblem,
     UnrolledEngine,
     create_engine,
     frozen_norm_stats,
 )
-from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing, to_soft_targets
+from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing
 from ab_plugin.models import split_model, unwrap_model
 from ab_plugin.objectives import create_objective
 from ab_plugin.policies import ClassPolicy, policy_from_module
@@ -48,7 +46,7 @@ from ._val_stream import Batch, ValSource, ValStream, as_source
 
 __all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
 
-_STATE_FORMAT = 2
+_STATE_FORMAT = 3
 _DEFAULTS = Config()  # one set of defaults for the CLI's search and for the criterion
 
 
@@ -160,6 +158,10 @@ class AutoBalanceCriterion(nn.Module):
             only); the loop augments each training batch with :meth:`augment` before its forward.
         pixel_mean, pixel_std: the per-channel normalisation of the training batches (the policy works on
             ``[0, 1]`` images); ``None``: the batches are in ``[0, 1]``.
+        augment_hypergrad: with a policy, ``backbone`` (the default, as the CLI's search) adds the backbone's
+            response to A to its hypergradient (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, about 4 training
+            steps of extra work per hyper-step; needs ``attach(..., optimizer=opt)``); ``head`` leaves it out.
+        augment_entropy: with a policy, weight of the gate-entropy bonus on the upper objective.
 
     Shapes: ``forward(logits [B, C], target [B] int or [B, C] float) -> scalar``.
 
@@ -201,11 +203,13 @@ class AutoBalanceCriterion(nn.Module):
         policy: ClassPolicy | None = None,
         pixel_mean: Sequence[float] | None = None,
         pixel_std: Sequence[float] | None = None,
+        augment_hypergrad: str = _DEFAULTS.augment_hypergrad,
+        augment_entropy: float = _DEFAULTS.augment_entropy,
     ) -> None:
         super().__init__()
         if interval < 1 or hyper_batches < 1 or val_every < 1 or (val_batches is not None and val_batches < 1):
             raise ValueError("interval, hyper_batches, val_batches and val_every must be >= 1")
-        self._val = ValStream(val_batches)
+        self.val_stream = ValStream(val_batches)  # the resumable cycle through the validation loader
         if start_step < 0 or clip < 0:
             raise ValueError("start_step and clip must be >= 0")
         counts = torch.as_tensor(class_counts).long()
@@ -216,30 +220,28 @@ class AutoBalanceCriterion(nn.Module):
             raise ValueError(f"loss has {loss.num_classes} classes but class_counts has {counts.numel()}")
         self.loss = loss
         self.register_buffer("class_counts", counts.clone(), persistent=False)
-        self.engine = create_engine(engine, **(engine_options or {})) if isinstance(engine, str) else engine
-        self.objective = create_objective(objective) if isinstance(objective, str) else objective
         self.interval, self.start_step = int(interval), int(start_step)
-        self.hyper_batches, self.val_every = int(hyper_batches), int(val_every)
-        self.weight_decay = float(weight_decay)
         self.auto_step, self.save_buffer, self.upper_decay = bool(auto_step), bool(save_buffer), bool(upper_decay)
         self.live_policy = LivePolicy(policy, pixel_mean, pixel_std) if policy is not None else None
+        engine = create_engine(engine, **(engine_options or {})) if isinstance(engine, str) else engine
+        self.core = Bilevel(
+            loss, engine, create_objective(objective) if isinstance(objective, str) else objective,
+            policy=policy, hyper_batches=int(hyper_batches), weight_decay=weight_decay,
+            upper=dict(optimizer=upper_optimizer, lr=upper_lr, momentum=upper_momentum,
+                       weight_decay=upper_weight_decay, clip=clip, warmup_steps=upper_warmup,
+                       average_from=average_from),
+            augment_hypergrad=augment_hypergrad, augment_entropy=augment_entropy, val_max_uses=int(val_every))
         if policy is not None and not self.uses_features:
             raise ValueError("learning an augmentation policy needs the head engine (engine='head')")
-        for h in self._hparams:
+        for h in self.core.hparams.all:
             h.requires_grad_(False)
-        self.upper = UpperLevel(self._hparams, optimizer=upper_optimizer, lr=upper_lr,
-                                momentum=upper_momentum, weight_decay=upper_weight_decay, clip=clip,
-                                warmup_steps=upper_warmup, average_from=average_from)
         self.steps = 0  # lower steps counted (saved)
         self._peak_lr: float | None = None  # the attached optimizer's lr at the first hyper-step (saved)
         # runtime (not saved)
         self._attached: _Attachment | None = None
-        self._buffer: deque[tuple[Tensor, Tensor]] = deque(maxlen=self.hyper_batches)
         self._pending: Tensor | None = None
         self._due = False
         self._capturing = True
-        self._val_cache: list[Batch] = []
-        self._val_age = 0
 
     # ------------------------------------------------------------------------------------------ set-up
     @property
@@ -250,13 +252,16 @@ class AutoBalanceCriterion(nn.Module):
     @property
     def uses_features(self) -> bool:
         """Whether the engine works on captured classifier inputs (``head``) rather than input batches."""
-        return getattr(self.engine, "problem", ModelProblem) is FeatureProblem
+        return self.core.uses_features
 
     @property
-    def _hparams(self) -> list[nn.Parameter]:
-        """α's raw parameters, then the policy's (A), in the upper level's order."""
-        policy = [] if self.live_policy is None else self.live_policy.policy.hparameters()
-        return [*self.loss.hparameters(), *policy]
+    def engine(self) -> HypergradEngine:
+        return self.core.engine
+
+    @property
+    def upper(self) -> UpperLevel:
+        """The upper level (α's optimizer, schedule and average)."""
+        return self.core.upper
 
     @property
     def is_attached(self) -> bool:
@@ -286,13 +291,18 @@ class AutoBalanceCriterion(nn.Module):
                 ``fc`` / ``classifier`` / ``head`` are supported (see :func:`ab_plugin.models.split_model`).
             val_loader: validation batches ``(x, y)`` / ``(x, y, groups)`` preprocessed for ``model``, or a
                 zero-argument callable returning such an iterable.
-            optimizer: the caller's optimizer; only the ``unrolled`` engine reads it (never steps it).
+            optimizer: the caller's optimizer, read and never stepped: by the ``unrolled`` engine, by
+                ``upper_decay`` (its current lr) and, with a policy and ``augment_hypergrad="backbone"``, by the
+                backbone term (its lr times ``interval`` stands for the backbone's inverse curvature).
         """
         self.detach()
         net = unwrap_model(model)
         features, classifier = split_model(net)
         if isinstance(self.engine, UnrolledEngine) and optimizer is None:
             raise ValueError("the unrolled engine needs the training optimizer: attach(model, val, optimizer=opt)")
+        if self.core.hparams.policy and self.core.augment_hypergrad == "backbone" and optimizer is None:
+            raise ValueError("the backbone term of the policy's hypergradient scales with the training lr: "
+                             "attach(model, val, optimizer=opt), or pass augment_hypergrad='head'")
         source = as_source(val_loader)
         handles = [net.register_forward_pre_hook(_make_hook(self, net, capture=not self.uses_features, trigger=True))]
         if self.uses_features:
@@ -300,8 +310,8 @@ class AutoBalanceCriterion(nn.Module):
                                                                            trigger=False)))
         self._attached = _Attachment(net, features, classifier, optimizer, handles)
         self.to(_device_of(net))
-        self._val.bind(source)
-        self._val_cache = []
+        self.val_stream.bind(source)
+        self.core.set_val_features([], -1)
         return self
 
     def detach(self) -> None:
@@ -310,7 +320,7 @@ class AutoBalanceCriterion(nn.Module):
             for h in self._attached.handles:
                 h.remove()
         self._attached = None
-        self._val.unbind()
+        self.val_stream.unbind()
         self._pending = None
 
     # --------------------------------------------------------------------------------------- the loss
@@ -350,7 +360,7 @@ class AutoBalanceCriterion(nn.Module):
                     self.hyper_step()  # classifier-only work: safe while the caller's graph is alive
                 else:
                     self._due = True  # runs at the start of the next training forward of the model
-        return self.loss(logits.float(), target)
+        return self.loss(full_precision(logits), target)
 
     def record(self, target: Tensor) -> bool:
         """Pair the last captured training input with ``target`` (``[B]`` or ``[B, C]``); ``False`` if none."""
@@ -364,13 +374,17 @@ class AutoBalanceCriterion(nn.Module):
                 RuntimeWarning, stacklevel=3,
             )
             return False
-        feats = pending.float() if self.uses_features else pending
-        self._buffer.append((feats, target.detach()))
+        if not self.uses_features:
+            self.core.push(target, inputs=pending)
+            return True
+        last = None if self.live_policy is None else self.live_policy.last_for(target)
+        inputs, draws = last if last is not None else (None, None)
+        self.core.push(target, features=pending, inputs=inputs, draws=draws)
         return True
 
     def _count_step(self) -> bool:
         self.steps += 1
-        return self.steps > self.start_step and self.steps % self.interval == 0 and bool(self._hparams)
+        return self.steps > self.start_step and self.steps % self.interval == 0 and bool(self.core.hparams)
 
     def step(self) -> float | None:
         """Count one lower step and take a hyper-step now when due (call it after the optimizer step).
@@ -384,63 +398,35 @@ class AutoBalanceCriterion(nn.Module):
 
     # ---------------------------------------------------------------------------------- hyper-step
     @contextlib.contextmanager
-    def _hparams_live(self) -> Iterator[list[nn.Parameter]]:
-        hparams = self._hparams
+    def _hparams_live(self) -> Iterator[None]:
+        hparams = self.core.hparams.all
         for h in hparams:
             h.requires_grad_(True)
         self._capturing = False
         try:
-            yield hparams
+            yield
         finally:
             self._capturing = True
             for h in hparams:
                 h.requires_grad_(False)
 
-    @torch.no_grad()
-    def _val_features(self, device: torch.device) -> list[Batch]:
-        assert self._attached is not None
-        if self._val_cache and self._val_age < self.val_every:
-            self._val_age += 1
-            return self._val_cache
-        att = self._attached
-        att.model.eval()
-        feats = []
-        for x, y, *g in self._val.next(device):
-            f = att.features(x).float()
-            feats.append((f, y, *g))
-        self._val_cache, self._val_age = feats, 1
-        return feats
-
-    def _train_buffer(self, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-        items = [(x.to(device), t.to(device)) for x, t in self._buffer]
-        if len({t.ndim for _, t in items}) > 1:  # hard and soft targets mixed: make all soft
-            items = [(x, to_soft_targets(t, self.num_classes).float()) for x, t in items]
-        return items
-
-    def _problem(self, hparams: list[nn.Parameter], device: torch.device) -> FeatureProblem | ModelProblem:
+    def _pipeline(self, device: torch.device) -> Pipeline:
         att = self._attached
         assert att is not None
-        model = att.model
-        train = self._train_buffer(device)
-        if self.uses_features:
-            replayed = None if self.live_policy is None else self.live_policy.replay(train[-1][1])
-            if replayed is not None:
-                # the newest batch's features rebuilt with a graph to the policy (train mode, norm statistics
-                # frozen by the hyper-step), in place of the captured ones
-                att.model.train()
-                train[-1] = (att.features(replayed).float(), train[-1][1])
-            return FeatureProblem(att.classifier, self.loss, self.objective, list(hparams), train,
-                                  self._val_features(device), self.weight_decay)
+        live = self.live_policy
 
-        def forward(x: Tensor, *_: Any, fmodel: nn.Module | None = None) -> Tensor:
-            return (fmodel or model)(x).float()
+        def train_input(x: Tensor, y: Tensor, draws: dict[str, Tensor] | None) -> Tensor:
+            # the caller's training inputs are already augmented; with draws, the policy's output is rebuilt
+            return x if draws is None or live is None else live.apply(x, y, draws)
 
-        return ModelProblem(
-            model, self.loss, self.objective, list(hparams), train, self._val.next(device),
-            train_forward=lambda x, y, fmodel=None: forward(x, fmodel=fmodel),
-            val_forward=lambda x, fmodel=None: forward(x, fmodel=fmodel),
-            weight_decay=self.weight_decay, optimizer=att.optimizer,
-        )
+        def val_batches(k: int | None) -> list[Batch]:
+            # k batches (the backbone term's one): the first of those the current validation features came from
+            if k is None:
+                return self.val_stream.next(device)
+            return (self.val_stream.last or self.val_stream.next(device))[:k]
+
+        return Pipeline(att.model, att.features, att.classifier, train_input, lambda x: x, val_batches,
+                        optimizer=att.optimizer)
 
     def _lr_scale(self) -> float:
         """The attached optimizer's lr over its lr at the first hyper-step (``upper_decay``), else 1."""
@@ -452,22 +438,17 @@ class AutoBalanceCriterion(nn.Module):
             self._peak_lr = lr
         return lr / self._peak_lr if self._peak_lr > 0 else 1.0
 
-    def hyper_step(self) -> float | None:
-        """One upper step on α now; returns the (unclipped) hypergradient norm, ``None`` when skipped.
-
-        Uses the buffered training batches and fresh validation batches; touches neither the model's
-        weights, ``.grad`` buffers, norm statistics nor the global RNG (all restored), and keeps no graph.
-        A non-finite hypergradient is skipped with a ``RuntimeWarning``.
-        """
+    @contextlib.contextmanager
+    def _hyper(self) -> Iterator[tuple[Pipeline, float]]:
+        """The hyper-step's pipeline and backbone step, with the caller's module state, RNG and α's
+        ``requires_grad`` restored on exit."""
         att = self._attached
         if att is None:
             raise RuntimeError(
                 "AutoBalanceCriterion is not attached: call criterion.attach(model, val_loader) before training "
                 "(to train with α fixed, use criterion.loss instead)"
             )
-        if not self._hparams:
-            return None
-        if not self._buffer:
+        if not self.core.buffered:
             raise RuntimeError(
                 "AutoBalanceCriterion has no training batches: the attached model's "
                 f"{'classifier ' + type(att.classifier).__name__ if self.uses_features else 'forward'} was not "
@@ -479,13 +460,32 @@ class AutoBalanceCriterion(nn.Module):
             stack.enter_context(torch.enable_grad())
             stack.enter_context(torch.autocast(device.type, enabled=False))
             stack.enter_context(_model_untouched(att.model))
-            hparams = stack.enter_context(self._hparams_live())
-            grads = self.engine(self._problem(hparams, device))
-        norm = self.upper.step(grads, lr_scale=self._lr_scale())
+            stack.enter_context(self._hparams_live())
+            lr = float(att.optimizer.param_groups[0]["lr"]) if att.optimizer is not None else 0.0
+            yield self._pipeline(device), lr * self.interval
+
+    def hyper_step(self) -> float | None:
+        """One upper step on α now; returns the (unclipped) hypergradient norm, ``None`` when skipped.
+
+        Uses the buffered training batches and fresh validation batches; touches neither the model's
+        weights, ``.grad`` buffers, norm statistics nor the global RNG (all restored), and keeps no graph.
+        A non-finite hypergradient is skipped with a ``RuntimeWarning``.
+        """
+        if not self.core.hparams:
+            return None
+        with self._hyper() as (pipeline, backbone_step):
+            norm = self.core.step(pipeline, step=self.steps, lr_scale=self._lr_scale(), backbone_step=backbone_step)
         if norm is None:
             warnings.warn(f"non-finite hypergradient at step {self.steps}: hyper-step skipped",
                           RuntimeWarning, stacklevel=2)
         return norm
+
+    def hypergradient(self) -> list[Tensor]:
+        """The hypergradient the next hyper-step would take, computed now without stepping: one tensor per
+        raw tensor of α (``loss.hparameters()``), then of the policy's A; the caller's state is untouched."""
+        with self._hyper() as (pipeline, backbone_step):
+            return [g.detach() for g in self.core.hypergradient(pipeline, step=self.steps,
+                                                                backbone_step=backbone_step)]
 
     def use_average(self) -> bool:
         """Put α's average since ``average_from`` into α (call once training is over); ``False`` if none."""
@@ -530,29 +530,29 @@ class AutoBalanceCriterion(nn.Module):
 
     # -------------------------------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
-        """Upper optimizer state, counters, validation position and (``save_buffer``) the training buffer."""
+        """The bilevel core's state (upper optimizer, (``save_buffer``) the training buffer), counters and the
+        validation position."""
         return {
             "format": _STATE_FORMAT,
-            "upper": self.upper.state_dict(),
+            "bilevel": self.core.state_dict(buffer=self.save_buffer),
             "steps": self.steps,
             "peak_lr": self._peak_lr,
-            "val_position": self._val.position,
+            "val_position": self.val_stream.position,
             "due": self._due,
-            "train_buffer": [(x.detach().clone(), t.detach().clone()) for x, t in self._buffer]
-            if self.save_buffer else [],
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError("not an AutoBalanceCriterion state (format mismatch): save it with state_dict()")
-        self.upper.load_state_dict(state["upper"])
+            raise ValueError("not an AutoBalanceCriterion state of this version (format mismatch): save it with "
+                             "state_dict(), or start the run's α again")
+        self.core.load_state_dict(state["bilevel"])
         self.steps = int(state["steps"])
         self._peak_lr = state.get("peak_lr")
         self._due = bool(state.get("due", False))
-        self._val.restore(state.get("val_position", 0))
-        self._val_cache, self._pending = [], None
-        self._buffer.clear()
-        self._buffer.extend((x, t) for x, t in state.get("train_buffer", []))
+        self.val_stream.restore(state.get("val_position", 0))
+        self._pending = None
+        if self.live_policy is not None:
+            self.live_policy.forget()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AutoBalanceCriterion:
         out = super()._apply(fn, recurse)

@@ -38,6 +38,7 @@ dataloader (``fit(val_dataloaders=...)``, the datamodule's or the module's ``val
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -105,6 +106,7 @@ class AutoBalanceCallback(_Base):
         self._original: Any = _MISSING
         self._trainer: pl.Trainer | None = None
         self._pl_module: pl.LightningModule | None = None
+        self._warned_unused = False
 
     # ------------------------------------------------------------------------------------ wiring
     def _inject(self, pl_module: pl.LightningModule) -> None:
@@ -155,10 +157,9 @@ class AutoBalanceCallback(_Base):
         loader = _first_loader(trainer.val_dataloaders)
         if loader is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
             loader = _first_loader(trainer.datamodule.val_dataloader())
-        if loader is None:
-            source = getattr(getattr(trainer, "_data_connector", None), "_val_dataloader_source", None)
-            if source is not None and source.is_defined():
-                loader = _first_loader(source.dataloader())
+        if loader is None:  # fit(val_dataloaders=...) before the validation loop loaded it: load it now
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            loader = _first_loader(trainer.val_dataloaders)
         if loader is None:
             raise ValueError(
                 "AutoBalanceCallback has no validation data: pass val_loader=... or give the trainer a "
@@ -177,7 +178,9 @@ class AutoBalanceCallback(_Base):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = self._network(pl_module)
-        self.criterion.attach(net, self.val_loader if self.val_loader is not None else self._val_batches)
+        self._warned_unused = False
+        self.criterion.attach(net, self.val_loader if self.val_loader is not None else self._val_batches,
+                              optimizer=trainer.optimizers[0] if trainer.optimizers else None)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -194,9 +197,21 @@ class AutoBalanceCallback(_Base):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.criterion._pending is not None and isinstance(batch, (tuple, list)) and len(batch) > 1:
-            self.criterion.record(batch[1])  # the module used another loss: pair the features here
+        if isinstance(batch, (tuple, list)) and len(batch) > 1 and self.criterion.record(batch[1]):
+            # the batch's features were still unpaired: training_step computed its loss with something else
+            self._warn_unused(pl_module)
         self.criterion.step()
+
+    def _warn_unused(self, pl_module: pl.LightningModule) -> None:
+        if self._warned_unused:
+            return
+        self._warned_unused = True
+        where = f"pl_module.{self.criterion_attr}" if self.criterion_attr else "callback.criterion"
+        warnings.warn(
+            f"AutoBalanceCallback: {type(pl_module).__name__}.training_step did not call the callback's criterion "
+            f"({where}), so the model trains with another loss while α is learned for nothing: compute the "
+            "training loss with it, or set criterion_attr= to the attribute training_step uses",
+            RuntimeWarning, stacklevel=2)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.log_metrics:

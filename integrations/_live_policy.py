@@ -17,8 +17,8 @@ class LivePolicy(nn.Module):
 
     The caller's batches are what the model takes (normalised by ``mean`` / ``std`` when given); the policy
     works on ``[0, 1]`` images, so a batch is un-normalised, augmented and normalised again. The forward pass
-    keeps no graph (the caller's backward never reaches the policy); :meth:`replay` rebuilds the same
-    augmented batch with a graph to the policy's parameters for the hyper-step.
+    keeps no graph (the caller's backward never reaches the policy); :meth:`apply` rebuilds an augmented batch
+    from its draws with a graph to the policy's parameters, for the hyper-step's replay.
 
     Args:
         policy: the learnable policy (its :meth:`~ab_plugin.policies.ClassPolicy.hparameters` are A).
@@ -40,7 +40,16 @@ class LivePolicy(nn.Module):
         self.register_buffer("std", stats[1], persistent=False)
         self._last: tuple[Tensor, Tensor, dict[str, Tensor]] | None = None
 
-    def _apply_policy(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+    def apply(self, x: Tensor, y: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        """``x`` augmented with the given draws (a graph to the policy's parameters when grad is enabled).
+
+        Args:
+            x: ``[B, 3, H, W]`` float batch as the model takes it; y: ``[B]`` int labels; draws: from
+                :meth:`~ab_plugin.policies.ClassPolicy.sample_params`.
+
+        Returns:
+            ``[B, 3, H, W]``, same normalisation as ``x``.
+        """
         if self.mean is None:
             return self.policy(x, y, draws)
         x01 = x * self.std.to(x.dtype) + self.mean.to(x.dtype)
@@ -58,23 +67,27 @@ class LivePolicy(nn.Module):
         """
         with torch.no_grad():
             draws = self.policy.sample_params(x, y)
-            out = self._apply_policy(x, y, draws).to(x.dtype)
+            out = self.apply(x, y, draws).to(x.dtype)
         self._last = (x.detach(), y.detach(), draws)
         return out
 
-    def replay(self, target: Tensor) -> Tensor | None:
-        """The last augmented batch again, with a graph to the policy's parameters.
+    def last_for(self, target: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """The last augmented batch's input and draws, if ``target`` is its labels.
 
         Args:
-            target: the targets the hyper-step pairs with the batch's features; must be the batch's hard labels
-                (after mixup the input is no longer the policy's output, so there is nothing to replay).
+            target: the targets paired with the batch's features; after mixup (soft targets, or other labels) the
+                model's input is no longer the policy's output, so there is nothing to replay.
 
         Returns:
-            ``[B, 3, H, W]`` batch, or ``None`` when ``target`` is not the last augmented batch's labels.
+            ``(x [B, 3, H, W], draws)`` or ``None``.
         """
         if self._last is None:
             return None
         x, y, draws = self._last
         if target.ndim != 1 or target.shape != y.shape or not torch.equal(target.to(y.device), y):
             return None
-        return self._apply_policy(x, y, draws)
+        return x, draws
+
+    def forget(self) -> None:
+        """Drop the last batch (it belongs to no run after a restore)."""
+        self._last = None

@@ -51,6 +51,7 @@ class ValStream:
             raise ValueError("val_batches must be >= 1 or None")
         self.per_call = per_call
         self.position = 0
+        self.last: list[Batch] = []  # the batches of the last call to next()
         self._source: Callable[[], Iterable[Sequence[Tensor]]] | None = None
         self._iter: Iterator[Sequence[Tensor]] | None = None
         self._skip = 0
@@ -60,11 +61,11 @@ class ValStream:
         self._source, self._iter, self.position = source, None, self._skip
 
     def unbind(self) -> None:
-        self._source, self._iter = None, None
+        self._source, self._iter, self.last = None, None, []
 
     def restore(self, position: int) -> None:
         self._skip = self.position = int(position)
-        self._iter = None
+        self._iter, self.last = None, []
 
     def next(self, device: torch.device) -> list[Batch]:
         if self._source is None:
@@ -75,6 +76,7 @@ class ValStream:
             out = self._cycle(device)
         if not out:
             raise ValueError("the validation loader yielded no batches")
+        self.last = out
         return out
 
     def _cycle(self, device: torch.device) -> list[Batch]:

@@ -57,7 +57,8 @@ def new_setup(seed: int = 0, **options):
     torch.manual_seed(seed)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    crit = AutoBalanceCriterion(COUNTS, **{"interval": 2, "upper_lr": 0.05, **options}).attach(model, VAL)
+    crit = AutoBalanceCriterion(COUNTS, **{"interval": 2, "upper_lr": 0.05, **options}).attach(model, VAL,
+                                                                                              optimizer=opt)
     return model, opt, crit
 
 
@@ -149,7 +150,7 @@ def test_state_dict_round_trip_continues_with_the_same_alpha():
     train(model, opt, crit, data[:5])  # odd step count: a partly filled interval and a saved buffer
     state = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
              "crit": copy.deepcopy(crit.state_dict())}
-    assert "_extra_state" in state["crit"] and state["crit"]["_extra_state"]["upper"]["optimizer"]["state"]
+    assert "_extra_state" in state["crit"] and state["crit"]["_extra_state"]["bilevel"]["upper"]["optimizer"]["state"]
     model2, opt2, crit2 = new_setup(seed=123)  # different init: everything must come from the state
     model2.load_state_dict(state["model"])
     opt2.load_state_dict(state["opt"])
@@ -184,7 +185,7 @@ def test_eval_calls_and_other_models_are_ignored():
     ema = copy.deepcopy(model)  # inherits the hooks, which must ignore it
     loss = crit(model(X[:8]), Y[:8])
     ema(X[:4])
-    assert crit._pending is None and crit.steps == 1 and len(crit._buffer) == 1
+    assert crit.steps == 1 and crit.core.buffered == 1
     loss.backward()
 
 
@@ -196,7 +197,7 @@ def test_clear_errors():
     with pytest.raises(RuntimeError, match="no training batches"):
         crit.hyper_step()
     with pytest.raises(ValueError, match="hard labels"):
-        AutoBalanceCriterion(COUNTS, val_batches=1).attach(Tiny(), [(XV, torch.rand(len(XV), C))])._val.next(
+        AutoBalanceCriterion(COUNTS, val_batches=1).attach(Tiny(), [(XV, torch.rand(len(XV), C))]).val_stream.next(
             torch.device("cpu"))
     with pytest.raises(ValueError, match="unrolled engine needs the training optimizer"):
         AutoBalanceCriterion(COUNTS, engine="unrolled").attach(Tiny(), VAL)
@@ -232,7 +233,7 @@ def test_validation_batches_cycle_without_repeats_and_resume_in_place():
     tagged = [(torch.full((2, 3, 8, 8), float(i)), torch.tensor([i % C, 0])) for i in range(5)]
 
     def take(crit):
-        return [int(x[0, 0, 0, 0]) for x, *_ in crit._val.next(torch.device("cpu"))]
+        return [int(x[0, 0, 0, 0]) for x, *_ in crit.val_stream.next(torch.device("cpu"))]
 
     crit = AutoBalanceCriterion(COUNTS, val_batches=2).attach(Tiny(), tagged)
     assert [take(crit), take(crit), take(crit)] == [[0, 1], [2, 3], [4, 0]]
@@ -242,7 +243,7 @@ def test_validation_batches_cycle_without_repeats_and_resume_in_place():
     assert take(resumed) == take(crit) == [1, 2]
     short = AutoBalanceCriterion(COUNTS, val_batches=4).attach(Tiny(), tagged[:3])
     assert take(short) == [0, 1, 2]  # never the same batch twice in one hyper-step
-    assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged)._val.next(
+    assert AutoBalanceCriterion(COUNTS, val_batches=None).attach(Tiny(), tagged).val_stream.next(
         torch.device("cpu")).__len__() == 5
 
 

@@ -4,6 +4,7 @@ checkpoints carry α and the upper optimizer, and ``fit(ckpt_path=...)`` continu
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_checkpoint_resume_continues_with_the_same_alpha(tmp_path):
     ckpt = tmp_path / "epoch1.ckpt"
     t1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=False)["callbacks"]["AutoBalanceCallback"]
-    assert saved["criterion"]["_extra_state"]["upper"]["steps"] == first_cb.criterion.hyper_steps == 1
+    assert saved["criterion"]["_extra_state"]["bilevel"]["upper"]["steps"] == first_cb.criterion.hyper_steps == 1
 
     resumed_cb = ab_callback(val_loader=val_dl)  # fresh callback and module (other init)
     probe = AlphaAtStart(resumed_cb)
@@ -154,3 +155,26 @@ def test_fit_learns_a_policy_beside_alpha(tmp_path):
     assert not any(torch.equal(s, X[16 * (i % 4) : 16 * (i % 4) + 16]) for i, s in enumerate(seen))  # augmented
     assert all((p - s).abs().max() > 1e-3 for p, s in zip(policy.hparameters(), start, strict=True))
     assert torch.equal(X, x0)  # the loader's data is never written
+
+
+class OtherLoss(Lit):
+    """Trains with its own ``loss_fn``: the callback's criterion (injected as ``criterion``) is never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self.net(x), y)
+
+
+def test_a_module_that_never_calls_the_criterion_is_warned_once(tmp_path):
+    train_dl, val_dl = loaders()
+    with pytest.warns(RuntimeWarning, match="did not call the callback's criterion") as caught:
+        trainer(1, [ab_callback()], tmp_path).fit(OtherLoss(), train_dl, val_dl)
+    assert sum("did not call the callback's criterion" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        trainer(1, [ab_callback()], tmp_path).fit(Lit(), *loaders())
+    assert not [w for w in quiet if "did not call the callback's criterion" in str(w.message)]

@@ -57,7 +57,7 @@ def test_reference_loop_with_v2_policy_pipeline_and_mixup_cutmix():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     stats = train_one_epoch(model, criterion, optimizer, loader, "cpu", 0)
     assert stats["steps"] == 4 and criterion.hyper_steps == 4
-    assert all(t.ndim == 2 for _, t in criterion._buffer)  # v2 MixUp / CutMix soft targets
+    assert all(t.ndim == 2 for t in criterion.core.targets)  # v2 MixUp / CutMix soft targets
     assert max(abs(v) for v in criterion.alpha["logit_bias"]) > 1e-3
     assert not torch.equal(model.fc.weight, w0)
     steps = criterion.steps

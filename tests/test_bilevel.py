@@ -1,0 +1,187 @@
+"""The bilevel core shared by the Trainer and the criterion: replay, the backbone term, state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyNet
+from torch import nn
+
+from ab_plugin import AutoBalance, Config, TrainerCallback
+from ab_plugin.bilevel import Bilevel, Pipeline
+from ab_plugin.hypergrad import create_engine
+from ab_plugin.integrations import AutoBalanceCriterion
+from ab_plugin.losses import create_loss
+from ab_plugin.objectives import create_objective
+from ab_plugin.policies import ClassPolicy
+
+C = 3
+COUNTS = [12, 6, 3]
+
+
+class Smooth(nn.Module):
+    """A timm-interface net with smooth activations (finite differences see no kinks), float64."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.fc = nn.Linear(width, C)
+
+    def forward_features(self, x):
+        return torch.tanh(self.conv(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.4 * torch.rand(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.arange(n) % C
+
+
+def test_the_criterions_backbone_term_matches_finite_differences():
+    torch.manual_seed(0)
+    model = Smooth().double()
+    policy = ClassPolicy(C, ("brightness", "saturation"), init_probability=0.9, init_magnitude=0.3).double()
+    x, y = _images(9, 1)
+    xv, yv = _images(6, 2)
+    draws = policy.sample_params(x, y)
+    draws["gate_noise"].fill_(0.5)  # every op on (probability 0.9): the magnitudes reach the loss
+    policy.sample_params = lambda *a, **k: draws  # the draws the reference replays too
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    crit = AutoBalanceCriterion(COUNTS, policy=policy, interval=3, start_step=10, hyper_batches=1,
+                                val_batches=1, augment_hypergrad="backbone").attach(model, [(xv, yv)], optimizer=opt)
+    crit(model(crit.augment(x, y)), y)  # buffers the batch (no hyper-step: start_step)
+    both = crit.hypergradient()
+    crit.core.augment_hypergrad = "head"
+    head = crit.hypergradient()
+    n = len(crit.core.hparams.loss)
+    term = [b - h for b, h in zip(both[n:], head[n:], strict=True)]
+
+    # reference: -lr · interval · d/dA (∇_θ ℓ_train(A) · ∇_θ L_val), θ = the backbone, by central differences in A
+    backbone = list(model.conv.parameters())
+    model.eval()
+    u = torch.autograd.grad(crit.core.objective(model(xv), yv, None), backbone)
+    model.train()
+
+    def f() -> float:
+        g = torch.autograd.grad(crit.loss(model(policy(x, y, draws)), y), backbone)
+        return float(sum((a * b).sum() for a, b in zip(g, u, strict=True)))
+
+    mag = policy.magnitude_logit
+    fd = torch.zeros_like(mag)
+    eps = 1e-5
+    flat = mag.data.view(-1)  # moved in place, outside autograd
+    for i in range(mag.numel()):
+        flat[i] += eps
+        up = f()
+        flat[i] -= 2 * eps
+        down = f()
+        flat[i] += eps
+        fd.view(-1)[i] = -0.2 * 3 * (up - down) / (2 * eps)
+    got = term[[p is mag for p in crit.core.hparams.policy].index(True)]
+    assert fd.abs().max() > 1e-4  # the term is not trivially zero
+    torch.testing.assert_close(got, fd, rtol=1e-4, atol=1e-7)
+
+
+def test_a_policy_without_the_optimizer_is_refused_for_the_backbone_term():
+    crit = AutoBalanceCriterion(COUNTS, policy=ClassPolicy(C, ("brightness",)))
+    with pytest.raises(ValueError, match="optimizer=opt"):
+        crit.attach(Smooth(), [_images(6, 2)])
+    AutoBalanceCriterion(COUNTS, policy=ClassPolicy(C, ("brightness",)), augment_hypergrad="head").attach(
+        Smooth(), [_images(6, 2)])
+
+
+def test_the_head_step_replays_the_newest_batch_with_the_draws_it_was_trained_with():
+    torch.manual_seed(0)
+    model = Smooth()
+    policy = ClassPolicy(C, ("brightness", "translate"), init_probability=0.5, init_magnitude=0.3)
+    loss = create_loss("autobalance", torch.tensor(COUNTS), init="la")
+    core = Bilevel(loss, create_engine("head"), create_objective("balanced"), policy=policy, hyper_batches=2,
+                   weight_decay=5e-4)
+    replayed = []
+
+    def train_input(x, y, draws):
+        replayed.append((x, draws))
+        return policy(x, y, draws)
+
+    xv, yv = _images(6, 2)
+    xv = xv.float()
+    pipeline = Pipeline(model, lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model.fc,
+                        train_input, lambda x: x, lambda k: [(xv, yv)][:k])
+    pushed = []
+    for seed in range(3):
+        x, y = _images(9, 10 + seed)
+        x = x.float()
+        draws = policy.sample_params(x, y)
+        with torch.no_grad():
+            feats = model.forward_head(model.forward_features(policy(x, y, draws)), pre_logits=True)
+        core.push(y, features=feats, inputs=x, draws=draws)
+        pushed.append((x, draws))
+    before = [p.detach().clone() for p in core.hparams.all]
+    assert core.step(pipeline, step=3) is not None
+    assert len(replayed) == 1
+    x, draws = replayed[0]
+    assert torch.equal(x, pushed[-1][0]) and all(torch.equal(draws[k], pushed[-1][1][k]) for k in draws)
+    assert any(not torch.equal(a, b) for a, b in zip(before, core.hparams.all, strict=True))
+
+
+def test_the_core_state_round_trips_the_buffer_and_the_upper_level():
+    torch.manual_seed(0)
+    policy = ClassPolicy(C, ("brightness",))
+    loss = create_loss("autobalance", torch.tensor(COUNTS), init="la")
+    core = Bilevel(loss, create_engine("head"), create_objective("balanced"), policy=policy, hyper_batches=2,
+                   weight_decay=0.0)
+    x, y = _images(4, 3)
+    core.push(y, features=torch.randn(4, 6), inputs=x.float(), draws=policy.sample_params(x, y))
+    state = core.state_dict()
+    other = Bilevel(create_loss("autobalance", torch.tensor(COUNTS), init="la"), create_engine("head"),
+                    create_objective("balanced"), policy=ClassPolicy(C, ("brightness",)), hyper_batches=2,
+                    weight_decay=0.0)
+    other.load_state_dict(state)
+    assert other.buffered == 1 and torch.equal(other.targets[0], y)
+    assert core.state_dict(buffer=False)["buffer"] == []
+    with pytest.raises(ValueError, match="format"):
+        other.load_state_dict({"upper": {}})
+
+
+def test_a_search_with_a_learned_policy_resumes_bit_for_bit(tiny_bundle, tmp_path):
+    cfg = Config(dataset="blobs", epochs=3, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.34, interval=2,
+                 hyper_batches=3, device="cpu", channels_last=False, augment="learned", seed=0)
+
+    def net() -> TinyNet:
+        torch.manual_seed(0)
+        return TinyNet(4)
+
+    full = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter(TrainerCallback):
+        def on_epoch_end(self, trainer, epoch, record):
+            if epoch == 1:
+                raise Stop
+
+    with pytest.raises(Stop):
+        AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", callbacks=[StopAfter()])
+    resumed = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", resume=True)
+    assert full.hyper_steps > 0
+    assert resumed.alpha == full.alpha and resumed.augmentation == full.augmentation
+
+
+def test_trainer_callbacks_must_subclass_the_base(tiny_bundle):
+    class Duck:
+        def on_epoch_end(self, trainer, epoch, record):
+            pass
+
+    with pytest.raises(TypeError, match="TrainerCallback"):
+        AutoBalance(Config(dataset="blobs", epochs=1, device="cpu")).build(tiny_bundle, model=TinyNet(4),
+                                                                           callbacks=[Duck()])

@@ -9,7 +9,7 @@ The smallest integration is the criterion alone::
 
 - :class:`AutoBalanceCriterion`: the self-tuning parametric cross-entropy (any loop).
 - timm: :class:`AutoBalanceTimmCallback`, :func:`train_timm`, :class:`TimmRun` (checkpoints in timm's layout);
-  timm's own ``train.py`` needs only the criterion (README, "timm's own train.py").
+  timm's own ``train.py`` needs the criterion and :class:`AutoBalanceTask` (README, "timm's own train.py").
 - torchvision: :func:`train_one_epoch`, :func:`evaluate` (reference-shaped), :class:`PerClassCollate`,
   :class:`SampleTransformDataset` (the label-passing wrapper: per-class policies around ``ImageFolder`` in
   ``transforms.v2`` pipelines and timm's ``create_loader``).
@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     from ab_plugin.warmstart import TrialPruningCallback
 
     from ._lightning import AutoBalanceCallback
-    from ._timm import AutoBalanceTimmCallback, TimmRun, train_timm
+    from ._timm import AutoBalanceTask, AutoBalanceTimmCallback, TimmRun, train_timm
     from ._torchvision import PerClassCollate, SampleTransformDataset, evaluate, train_one_epoch
 
 _LAZY = {
+    "AutoBalanceTask": "._timm",
     "AutoBalanceTimmCallback": "._timm",
     "TimmRun": "._timm",
     "train_timm": "._timm",
@@ -52,6 +53,7 @@ _LAZY = {
 __all__ = [
     "AutoBalanceCallback",
     "AutoBalanceCriterion",
+    "AutoBalanceTask",
     "AutoBalanceTimmCallback",
     "PerClassCollate",
     "SampleTransformDataset",

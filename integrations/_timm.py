@@ -17,8 +17,9 @@ The pattern, in your own timm loop (``train.py``-shaped)::
     checkpoint["autobalance"] = callback.state_dict()                # α + upper optimizer, resumable
 
 timm's own ``train.py`` needs no callback object: ``train_loss_fn = AutoBalanceCriterion(counts,
-auto_step=False).attach(model, loader_eval)`` and ``loss_fn.step()`` after each optimizer update (README,
-"timm's own train.py"); ``--device-modules ab_plugin.models`` registers the CIFAR ResNets there.
+auto_step=False).attach(model, loader_eval)``, :class:`AutoBalanceTask` in place of ``ClassificationTask`` (α in
+timm's checkpoints) and ``task.criterion.step()`` after each optimizer update (README, "timm's own train.py");
+``--device-modules ab_plugin.models`` registers the CIFAR ResNets there.
 
 timm is a core dependency of ab-plugin; it is still imported through ``try_import`` for a clear message.
 """
@@ -44,7 +45,43 @@ with try_import("timm") as _timm_import:
     from timm.task import ClassificationTask
     from timm.utils import ModelEmaV3
 
-__all__ = ["AutoBalanceTimmCallback", "TimmRun", "train_timm"]
+__all__ = ["AutoBalanceTask", "AutoBalanceTimmCallback", "TimmRun", "train_timm"]
+
+_TaskBase: type = ClassificationTask if _timm_import.is_successful() else object
+
+
+class AutoBalanceTask(_TaskBase):
+    """timm's ``ClassificationTask`` whose criterion's state (α, its optimizer, counters, buffer) rides in timm's
+    checkpoints: ``CheckpointSaver(..., task=task)`` writes it under ``task_state`` and ``resume_task_checkpoint``
+    (``train.py --resume``) restores it.
+
+    Args:
+        model: the network.
+        criterion: the :class:`AutoBalanceCriterion` (``auto_step=False``: call ``task.criterion.step()`` after each
+            optimizer update).
+        **kwargs: ``ClassificationTask`` options (``device``, ``dtype``, ``verbose``).
+    """
+
+    def __init__(self, model: nn.Module, criterion: AutoBalanceCriterion, **kwargs: Any) -> None:
+        _timm_import.check()
+        if not isinstance(criterion, AutoBalanceCriterion):
+            raise TypeError(f"AutoBalanceTask needs an AutoBalanceCriterion, got {type(criterion).__name__}")
+        super().__init__(model, criterion=criterion, **kwargs)
+
+    def get_task_state(self, module: nn.Module | None = None, ema: bool = False) -> dict[str, Any]:
+        """``{"autobalance": criterion.state_dict()}`` for the trained model (the EMA copy has no α of its own)."""
+        return {} if ema else {"autobalance": self.criterion.state_dict()}
+
+    def load_task_state(self, state: dict[str, Any] | None, strict: bool = True, module: nn.Module | None = None,
+                        ema: bool = False) -> None:
+        if ema:
+            return
+        if not state or "autobalance" not in state:
+            if strict:
+                raise ValueError("the checkpoint holds no AutoBalance state (task_state['autobalance']): it was not "
+                                 "written by a run with AutoBalanceTask; start α from its init with a new run")
+            return
+        self.criterion.load_state_dict(state["autobalance"])
 
 
 class AutoBalanceTimmCallback:
@@ -116,8 +153,7 @@ class AutoBalanceTimmCallback:
         """
         if not self.criterion.is_attached:
             self.on_train_start(model)
-        if self.criterion._pending is not None:
-            self.criterion.record(target)
+        self.criterion.record(target)  # pairs the captured features only if the loop's loss did not
         return self.criterion.step()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any] | None = None) -> dict[str, Any]:

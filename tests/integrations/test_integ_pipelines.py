@@ -15,12 +15,12 @@ from timm.data import Mixup, create_dataset, create_loader
 from timm.models import create_model, load_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import CheckpointSaver, ModelEmaV3
+from timm.utils import CheckpointSaver
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 import ab_plugin.models  # noqa: F401  (what `--device-modules ab_plugin.models` imports in timm's train.py)
-from ab_plugin.integrations import AutoBalanceCriterion, SampleTransformDataset
+from ab_plugin.integrations import AutoBalanceCriterion, AutoBalanceTask, SampleTransformDataset
 from ab_plugin.policies import ClassPolicy, PerClassTransformV2
 
 COUNTS = {"cat": 8, "dog": 4, "emu": 2}
@@ -114,31 +114,31 @@ def test_readme_train_py_lines_on_a_loop_from_timms_functions(tree, tmp_path):
     lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
                                                    updates_per_epoch=len(loader_train))
     mixup_fn = Mixup(mixup_alpha=0.4, label_smoothing=0.1, num_classes=len(COUNTS))
-    model_ema = ModelEmaV3(model, decay=0.8)
 
-    # README, line 1: the criterion (after train.py's "setup loss function" block)
+    # README, edit 1: the criterion (after train.py's "setup loss function" block)
     counts = torch.bincount(torch.tensor([t for _, t in dataset_train.reader.samples]))
     train_loss_fn = AutoBalanceCriterion(counts, auto_step=False, interval=1, upper_lr=0.05).attach(model,
                                                                                                     loader_eval)
     assert counts.tolist() == list(COUNTS.values())
     start = list(train_loss_fn.alpha["logit_bias"])
 
-    saver = CheckpointSaver(model=model, optimizer=optimizer, model_ema=model_ema, checkpoint_dir=str(tmp_path),
-                            recovery_dir=str(tmp_path), max_history=1)
+    # README, edit 2: AutoBalanceTask where train.py builds its ClassificationTask
+    task = AutoBalanceTask(model=model, criterion=train_loss_fn, verbose=False)
+    model_ema = task.setup_ema(decay=0.8)  # train.py's --model-ema
+    saver = CheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(tmp_path),
+                            recovery_dir=str(tmp_path), max_history=1, task=task)
     num_updates = 0
     for epoch in range(num_epochs):  # train.py's train_one_epoch, reduced to its update sequence
-        model.train()
-        loss_fn = train_loss_fn
+        task.get_trainable_module().train()
         for input, target in loader_train:
             input, target = mixup_fn(input, target)
-            output = model(input)
-            loss = loss_fn(output, target)
-            optimizer.zero_grad()
+            loss = task(input, target)["loss"]
             loss.backward()
             optimizer.step()
             num_updates += 1
-            model_ema.update(model, step=num_updates)
-            loss_fn.step()  # README, line 2: the AutoBalance hyper-step, after the optimizer step
+            optimizer.zero_grad()
+            task.update_ema(step=num_updates)
+            task.criterion.step()  # README, edit 3: the AutoBalance hyper-step, after the optimizer step
             lr_scheduler.step_update(num_updates=num_updates)
         lr_scheduler.step(epoch + 1)
         saver.save_checkpoint(epoch, metric=float(loss.detach()))

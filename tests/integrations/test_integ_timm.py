@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import timm
 import torch
 from conftest import float_blobs
@@ -42,7 +43,7 @@ def test_train_timm_with_mixup_ema_and_task_moves_alpha_and_trains_the_model():
     assert crit.steps == 8 and crit.hyper_steps == 4
     assert max(abs(v) for v in crit.alpha["logit_bias"]) > 1e-3  # neutral init: l = 0
     assert not torch.equal(model.fc.weight, w0["fc.weight"])
-    assert all(t.ndim == 2 for _, t in crit._buffer)  # Mixup's soft targets reached the criterion
+    assert all(t.ndim == 2 for t in crit.core.targets)  # Mixup's soft targets reached the criterion
     assert isinstance(run.ema, ModelEmaV3) and not torch.equal(run.ema.module.fc.weight, model.fc.weight)
     assert [r["epoch"] for r in run.history] == [1, 2] and "balanced_error" in run.history[-1]
     assert isinstance(run.task, ClassificationTask) and run.task.criterion is crit
@@ -116,7 +117,7 @@ def test_callback_learns_a_policy_from_the_batches_it_augments():
                                        pixel_mean=[0.5] * 3, pixel_std=[0.25] * 3)
     task = ClassificationTask(model, callback.criterion, verbose=False)
     opt = timm.optim.create_optimizer_v2(model, opt="sgd", lr=0.05)
-    callback.on_train_start(model)
+    callback.on_train_start(model, optimizer=opt)
     for x, y in TRAIN:
         out = task(callback.augment(x, y), y)
         opt.zero_grad()
@@ -125,3 +126,65 @@ def test_callback_learns_a_policy_from_the_batches_it_augments():
         callback.on_batch_end(model, out["output"], y)
     assert callback.criterion.hyper_steps == len(TRAIN)
     assert all((p - s).abs().max() > 1e-3 for p, s in zip(policy.hparameters(), start, strict=True))
+
+
+def _train_py_epoch(task, loader, optimizer, num_updates: int) -> int:
+    """``train_one_epoch`` of timm's current ``train.py`` (>= 1.0.27), reduced to its structure: the loss comes
+    from ``task(input, target)`` (there is no ``loss_fn`` argument), and after ``num_updates += 1`` the EMA update
+    and, README's edit, ``task.criterion.step()``."""
+    task.get_trainable_module().train()
+    for x, y in loader:
+        output = task(x, y)
+        output["loss"].backward()
+        optimizer.step()
+        num_updates += 1
+        optimizer.zero_grad()
+        task.update_ema(step=num_updates)
+        task.criterion.step()  # README's edit to train.py
+    return num_updates
+
+
+def _train_py_setup(tmp_path, seed: int = 0):
+    """``main()`` of timm's ``train.py`` with README's edits: the criterion after the loss block, AutoBalanceTask in
+    place of ClassificationTask, the optimizer, a CheckpointSaver given the task."""
+    from timm.optim import create_optimizer_v2
+    from timm.utils import CheckpointSaver
+
+    from ab_plugin.integrations import AutoBalanceCriterion, AutoBalanceTask
+
+    model = resnet(seed)
+    train_loss_fn = AutoBalanceCriterion(COUNTS, auto_step=False, interval=2, upper_lr=0.05).attach(model, VAL)
+    task = AutoBalanceTask(model, criterion=train_loss_fn, verbose=False)
+    optimizer = create_optimizer_v2(task.get_trainable_module(), opt="sgd", lr=0.05, weight_decay=5e-4)
+    saver = CheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(tmp_path),
+                            recovery_dir=str(tmp_path), task=task)
+    return task, optimizer, saver
+
+
+def test_train_py_edits_learn_alpha_and_timms_resume_restores_it(tmp_path):
+    from timm.task import resume_task_checkpoint
+
+    task, optimizer, saver = _train_py_setup(tmp_path)
+    crit = task.criterion
+    start = copy.deepcopy(crit.alpha)
+    updates = _train_py_epoch(task, TRAIN, optimizer, 0)
+    saver.save_checkpoint(epoch=0, metric=1.0)
+    assert crit.hyper_steps == updates // 2 == 2 and crit.alpha != start
+    checkpoint = torch.load(tmp_path / "last.pth.tar", map_location="cpu", weights_only=True)  # timm's own loader
+    assert "autobalance" in checkpoint["task_state"]
+
+    resumed, optimizer2, _ = _train_py_setup(tmp_path / "resumed", seed=1)
+    resume_epoch = resume_task_checkpoint(resumed, str(tmp_path / "last.pth.tar"), optimizer=optimizer2)
+    assert resume_epoch == 1
+    assert resumed.criterion.alpha == crit.alpha and resumed.criterion.steps == crit.steps
+    # both continue with the same α steps: the next epoch is the same run
+    _train_py_epoch(task, TRAIN, optimizer, updates)
+    _train_py_epoch(resumed, TRAIN, optimizer2, updates)
+    assert resumed.criterion.alpha == crit.alpha
+
+
+def test_a_checkpoint_without_autobalance_state_is_refused(tmp_path):
+    task, _, _ = _train_py_setup(tmp_path)
+    with pytest.raises(ValueError, match="no AutoBalance state"):
+        task.load_task_state({"other": 1})
+    task.load_task_state(None, strict=False)  # a plain checkpoint loaded leniently keeps α's init

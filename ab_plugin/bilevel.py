@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, frozen_norm_stats
-from .hypergrad._engines import full_precision
+from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad
+from .hypergrad._engines import frozen_norm_stats, full_precision
 from .losses import ParametricCrossEntropy
 from .upper import UpperLevel
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._criterion import AutoBalanceCriterion, ValSource, unwrap_model
+from ._criterion import AutoBalanceCriterion, ValSource
 from ._eval import evaluate_metrics, predict_logits
-from ._imports import install_hint, try_import
 
 if TYPE_CHECKING:
     from ab_plugin.warmstart import TrialPruningCallback
@@ -62,12 +61,9 @@ __all__ = [
     "ValSource",
     "evaluate",
     "evaluate_metrics",
-    "install_hint",
     "predict_logits",
     "train_one_epoch",
     "train_timm",
-    "try_import",
-    "unwrap_model",
 ]
 
 

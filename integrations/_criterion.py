@@ -29,12 +29,8 @@ from torch import Tensor, nn
 
 from ab_plugin.bilevel import Bilevel, Pipeline, full_precision
 from ab_plugin.config import Config
-from ab_plugin.hypergrad import (
-    HypergradEngine,
-    UnrolledEngine,
-    create_engine,
-    frozen_norm_stats,
-)
+from ab_plugin.hypergrad import HypergradEngine, UnrolledEngine, create_engine
+from ab_plugin.hypergrad._engines import frozen_norm_stats
 from ab_plugin.losses import ParametricCrossEntropy, Sharing, create_loss, create_sharing
 from ab_plugin.models import split_model, unwrap_model
 from ab_plugin.objectives import create_objective
@@ -44,7 +40,7 @@ from ab_plugin.upper import UpperLevel, UpperOptimizer
 from ._live_policy import LivePolicy
 from ._val_stream import Batch, ValSource, ValStream, as_source
 
-__all__ = ["AutoBalanceCriterion", "ValSource", "unwrap_model"]
+__all__ = ["AutoBalanceCriterion", "ValSource"]
 
 _STATE_FORMAT = 3
 _DEFAULTS = Config()  # one set of defaults for the CLI's search and for the criterion

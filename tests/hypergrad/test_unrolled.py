@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from ab_plugin.hypergrad import check_unrollable, unrolled_grad
+from ab_plugin.hypergrad import unrolled_grad
+from ab_plugin.hypergrad._unrolled import check_unrollable
 
 STEPS = 3
 

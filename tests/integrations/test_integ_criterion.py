@@ -11,7 +11,8 @@ import torch
 from conftest import float_blobs
 from torch import nn
 
-from ab_plugin.integrations import AutoBalanceCriterion, install_hint, try_import
+from ab_plugin.integrations import AutoBalanceCriterion
+from ab_plugin.integrations._imports import install_hint, try_import
 from ab_plugin.losses import ParametricCrossEntropy
 
 C = 4

@@ -44,7 +44,7 @@ def test_search_on_two_ranks(tmp_path):
     ck = torch.load(out / "search" / "checkpoint.pt", weights_only=True)
     # each rank's random state and buffer, and (checked before every checkpoint) the same α on both
     assert len(ck["ranks"]) == 2 and not torch.equal(ck["ranks"][0]["rng"], ck["ranks"][1]["rng"])
-    assert len(ck["ranks"][0]["train_buffer"]) == len(ck["ranks"][1]["train_buffer"]) > 0
+    assert len(ck["ranks"][0]["bilevel_buffer"]) == len(ck["ranks"][1]["bilevel_buffer"]) > 0
     assert sorted(p.name for p in out.iterdir()) == ["alpha_trajectory.png", "alpha_vs_frequency.png",
                                                      "config.yaml", "per_class_error.png", "policy.json",
                                                      "result.json", "search"]

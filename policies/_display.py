@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 from rich.table import Table
 
@@ -55,8 +53,8 @@ def plot_policy_heatmap(pf: PolicyFile, path: str | os.PathLike[str]) -> None:
     """Save a PNG heat map of the per-class magnitudes and probabilities (classes x ops) and the loss
     parameters ``w``, ``l``, ``Δ`` per class; classes ordered by training count (largest first).
 
-    Uses matplotlib's Agg canvas (no pyplot state, no display); written atomically (temp file in the
-    same folder + ``os.replace``).
+    Uses matplotlib's Agg canvas (no pyplot state, no display); written with
+    :func:`ab_plugin.io.atomic_write` (atomic, the permissions ``open()`` gives).
     """
     from matplotlib.axes import Axes
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,13 +106,6 @@ def plot_policy_heatmap(pf: PolicyFile, path: str | os.PathLike[str]) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ab_plugin.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -156,7 +156,10 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
         done = _finish_run(out_p, results)
     if done:
-        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
+        from .report import imbalance_of
+
+        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {imbalance_of(done[0]['class_counts']):.4g}), "
+                                        f"{cfg.backbone}")
 
 
 def _check_backbone(cfg: Config) -> None:

@@ -78,6 +78,11 @@ def plot_alpha_trajectory(history: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
+def imbalance_of(counts: Sequence[int]) -> float:
+    """The training set's real imbalance: largest class count over smallest (``inf`` with an empty class)."""
+    return max(counts) / min(counts) if min(counts) > 0 else math.inf
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 

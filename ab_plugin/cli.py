@@ -314,13 +314,13 @@ def show(policy: str, heatmap: str | None, fmt: str) -> None:
     pf = load_policy(policy)
     png = Path(heatmap) if heatmap else (Path(policy).with_suffix(".png") if Path(policy).exists()
                                           else Path(f"{policy}.png"))
-    if pf.augmentation:
-        plot_policy_heatmap(pf, png)
+    if pf.augmentation:  # beside the file may be read-only (an installed zoo): a warning, no file
+        png = plot_policy_heatmap(pf, png, skip_unwritable=heatmap is None)
     summary = dataclasses.asdict(pf) if dataclasses.is_dataclass(pf) else dict(pf)
 
     def render() -> None:
         console.print(policy_table(pf))
-        if pf.augmentation:
+        if pf.augmentation and png is not None:
             console.print(f"heat map: [bold]{png}[/]")
 
     emit(fmt, summary, render)

@@ -101,3 +101,16 @@ def test_show_writes_an_asked_heat_map_with_ordinary_permissions_and_refuses_an_
     code, _, err = _cli("show", str(read_only / "policy.json"), "--heatmap", str(read_only / "heat.png"))
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: "), err
     assert sorted(p.name for p in read_only.iterdir()) == ["policy.json"]
+
+
+# 21. the results table fits 80 columns --------------------------------------------------------------------
+def test_the_results_table_fits_80_columns_with_whole_method_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli("baseline", "ldam-drw", "--backbone", "resnet20", "--epochs", "1", "--batch-size", "64",
+                        "--device", "cpu", "--quiet", "--out", "r")
+    assert code == 0, err
+    table = err[:err.index("Per class")]
+    assert "│ baseline-ldam-drw │" in table and "…" not in table, table
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    for header in ("method", "acc", "bal", "worst", "many", "med", "few", "time s", "worst-class error"):
+        assert header in table, header

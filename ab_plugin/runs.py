@@ -183,8 +183,8 @@ def settle_run_folder(out: str | Path) -> None:
     try:
         with lock_run_folder(real):
             _settle(real)
-    except RunFolderError:
-        pass  # in use: the run holding it settles its own copy
+    except (RunFolderError, OSError):
+        pass  # in use (the run holding it settles its own copy), or a folder this reader cannot change
 
 
 class _Aside:

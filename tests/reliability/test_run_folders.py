@@ -103,13 +103,14 @@ def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run
 
 
 def test_overwrite_deletes_the_old_run_once_the_new_one_has_a_checkpoint(run):
-    p = _spawn("search", *TINY, "--epochs", "4", "--seed", "1", "--no-retrain", "--compare", "",
+    p = _spawn("search", *TINY, "--epochs", "40", "--seed", "1", "--no-retrain", "--compare", "",
                "--out", str(run), "--overwrite")
     _wait_for(lambda: (run / "search" / "checkpoint.pt").exists() and bool(_asides(run)), p)
-    _wait_for(lambda: not _asides(run), p, timeout=30)  # while the new run is still running
+    _wait_for(lambda: not _asides(run), p, timeout=30)
+    assert not (run / "search" / "result.json").exists()  # deleted while the search runs, not at its end
     p.send_signal(signal.SIGKILL)
     p.wait()
-    code, _, err = _cli("search", "--out", str(run), "--resume", "--quiet")
+    code, _, err = _cli("evaluate", str(run), "--stage", "search")
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1 and not _asides(run)
 

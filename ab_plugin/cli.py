@@ -156,7 +156,10 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
         done = _finish_run(out_p, results)
     if done:
-        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {cfg.imbalance:g}), {cfg.backbone}")
+        from .report import imbalance_of
+
+        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {imbalance_of(done[0]['class_counts']):.4g}), "
+                                        f"{cfg.backbone}")
 
 
 def _check_backbone(cfg: Config) -> None:
@@ -311,13 +314,13 @@ def show(policy: str, heatmap: str | None, fmt: str) -> None:
     pf = load_policy(policy)
     png = Path(heatmap) if heatmap else (Path(policy).with_suffix(".png") if Path(policy).exists()
                                           else Path(f"{policy}.png"))
-    if pf.augmentation:
-        plot_policy_heatmap(pf, png)
+    if pf.augmentation:  # beside the file may be read-only (an installed zoo): a warning, no file
+        png = plot_policy_heatmap(pf, png, skip_unwritable=heatmap is None)
     summary = dataclasses.asdict(pf) if dataclasses.is_dataclass(pf) else dict(pf)
 
     def render() -> None:
         console.print(policy_table(pf))
-        if pf.augmentation:
+        if pf.augmentation and png is not None:
             console.print(f"heat map: [bold]{png}[/]")
 
     emit(fmt, summary, render)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -83,21 +84,79 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return out
 
 
+#: A checkpoint is a plain ``torch.save`` zip archive whose zip comment holds the SHA-256 of every byte before
+#: the comment's length field: ``torch.load`` reads it as usual, :func:`load_checkpoint` verifies it first.
+_SHA_TAG = b"ab-plugin sha256 "
+_TAG_LEN = len(_SHA_TAG) + 64
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, the last 2 the comment length
+
+
+def _sha256_of(f: Any, n: int) -> str:
+    """SHA-256 of the first ``n`` bytes of the readable binary file ``f`` (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    f.seek(0)
+    while n > 0:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        h.update(chunk)
+        n -= len(chunk)
+    return h.hexdigest()
+
+
+def _write_checksummed(f: Any, state: dict) -> None:
+    torch.save(state, f)
+    f.flush()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(end - 22)
+    eocd = f.read(22)
+    if end < 22 or eocd[:4] != _EOCD or eocd[20:] != b"\0\0":
+        raise RuntimeError("torch.save wrote an archive without a plain zip end record: cannot checksum it")
+    digest = _sha256_of(f, end - 2)
+    f.seek(end - 2)
+    f.write(_TAG_LEN.to_bytes(2, "little") + _SHA_TAG + digest.encode())
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` atomically with ``torch.save``, its SHA-256 in the archive's zip comment (see
+    :func:`load_checkpoint`); the file stays an ordinary ``torch.load``-able checkpoint."""
+    atomic_write(path, lambda f: _write_checksummed(f, state), mode="w+b")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message names the file and the fix."""
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load with ``weights_only=True``: a checkpoint is data, never code."""
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` holds exactly the bytes :func:`save_checkpoint` wrote."""
+    fix = "delete it to restart that stage from its first epoch (or restore it from a copy)"
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            tail_at = end - _TAG_LEN - 2
+            if tail_at < 20:
+                raise CheckpointError(f"checkpoint {path} is damaged (too short to be one): {fix}")
+            f.seek(tail_at)
+            tail = f.read()
+            if tail[:2] != _TAG_LEN.to_bytes(2, "little") or not tail[2:].startswith(_SHA_TAG):
+                raise CheckpointError(f"checkpoint {path} is damaged or was not written by ab-plugin (it has no "
+                                      f"checksum): {fix}")
+            if _sha256_of(f, tail_at) != tail[2 + len(_SHA_TAG):].decode("ascii", "replace"):
+                raise CheckpointError(f"checkpoint {path} is damaged (its SHA-256 checksum does not match what "
+                                      f"was written): {fix}")
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found: check the run folder") from None
-    except Exception as e:  # truncated or foreign files raise many different errors
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file: {fix}") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Verify the checksum written by :func:`save_checkpoint`, then load with ``weights_only=True``: a
+    checkpoint is data, never code."""
+    verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # foreign files raise many different errors
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to restart that stage from its "
             "first epoch"

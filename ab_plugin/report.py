@@ -78,6 +78,11 @@ def plot_alpha_trajectory(history: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
+def imbalance_of(counts: Sequence[int]) -> float:
+    """The training set's real imbalance: largest class count over smallest (``inf`` with an empty class)."""
+    return max(counts) / min(counts) if min(counts) > 0 else math.inf
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -106,11 +111,13 @@ def plot_augmentation_movement(counts: Sequence[int], movement: dict[str, Any], 
 
 def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
     """Overall, balanced and worst-class test error (%) per method, and many / medium / few-shot accuracy (%,
-    ``-`` for a group without classes)."""
-    t = Table(title=title)
-    for col in ("method", "accuracy %", "balanced error %", "worst-class error %", "many %", "medium %", "few %",
-                "time s"):
-        t.add_column(col, justify="right" if col != "method" else "left")
+    ``-`` for a group without classes); short headers, explained in the caption, so that it fits 80 columns
+    with method names whole."""
+    t = Table(title=title, caption="test set, %: acc = accuracy, bal/worst = balanced / worst-class error, "
+                                   "many/med/few = accuracy of the many / medium / few-shot classes")
+    t.add_column("method", no_wrap=True, min_width=max([6, *(len(name) for name in results)]))
+    for col in ("acc", "bal", "worst", "many", "med", "few", "time s"):
+        t.add_column(col, justify="right", no_wrap=True)
     for name, r in results.items():
         m = r.get("test_metrics") or {}
         shots = m.get("shot_accuracy") or {}

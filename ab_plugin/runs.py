@@ -15,25 +15,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
+import glob
 import json
 import os
 import shutil
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from .config import Config
 from .data import DatasetBundle, create_dataset
 from .distributed import barrier, is_rank_zero
 from .io import atomic_write, write_json
 from .search import AutoBalance, RunResult, retrain, train_baseline
+from .warmstart._names import STUDY_DB, STUDY_JOURNAL
+from .warmstart._names import SUMMARY as WARMSTART_SUMMARY
 
 RESULT = "result.json"
 CONFIG = "config.yaml"
 POLICY = "policy.json"
+PLOTS = ("per_class_error.png", "alpha_vs_frequency.png", "alpha_trajectory.png", "augmentation_movement.png")
 
 
 class RunFolderError(ValueError):
@@ -75,8 +81,23 @@ def _saved(out: Path) -> dict[str, Any]:
 
 
 def _started(out: Path) -> bool:
-    """Whether ``out`` holds anything worth keeping: a checkpoint or a result."""
-    return (out / RESULT).exists() or any(out.glob("*/checkpoint.pt")) or any(out.glob("*/result.json"))
+    """Whether ``out`` holds anything worth keeping: a checkpoint or a result (of a warm start: its study)."""
+    return ((out / RESULT).exists() or any(out.glob("*/checkpoint.pt")) or any(out.glob("*/result.json"))
+            or any((out / name).exists() for name in (STUDY_DB, STUDY_JOURNAL, WARMSTART_SUMMARY)))
+
+
+def _command_of(saved: dict[str, Any]) -> str:
+    return str(saved.get("command", "search"))
+
+
+def check_command(out: str | Path, command: str) -> None:
+    """Refuse ``out`` when it holds a started run of another command (a warm start in a search's folder, a
+    baseline in a retrain's...): one command never rewrites another's ``config.yaml``."""
+    out = Path(out)
+    have = _saved(out)
+    if have and _command_of(have) != command and _started(out):
+        raise RunFolderError(f"run folder {out} holds a `{_command_of(have)}` run, not a `{command}` one: choose "
+                             "another --out (another command never reuses a run's folder)")
 
 
 def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool, command: str,
@@ -88,12 +109,13 @@ def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool,
     caller deletes it once the new run has started, or moves it back (see :func:`run_folder`).
     """
     wanted = {"command": command, **({"options": options} if options else {}), **cfg.to_dict()}
-    have = _saved(out)
+    saved = have = _saved(out)
     if have and not _started(out) and not resume:
         have = {}  # a start that failed before its first checkpoint left nothing to keep
-    if have and options and "options" not in have:
-        have["options"] = options  # a folder saved before runs recorded their options
     replace = False
+    if have and _command_of(have) != command and not overwrite:
+        raise RunFolderError(f"run folder {out} holds a `{_command_of(have)}` run, not a `{command}` one: choose "
+                             "another --out" + ("" if resume else ", or --overwrite to replace it"))
     if have and have != wanted:
         if resume:
             raise RunFolderError(
@@ -114,37 +136,120 @@ def prepare_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool,
         raise RunFolderError(f"nothing to resume in {out}: start the run without --resume")
     aside = None
     if replace:
-        aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        aside = out.with_name(f".{out.name}{_ASIDE}{os.getpid()}")
         shutil.rmtree(aside, ignore_errors=True)
         out.rename(aside)
+        saved = {}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CONFIG, lambda f: yaml.safe_dump(wanted, f, sort_keys=True), mode="w")
+    if saved != wanted:  # a resumed run's config.yaml stays as it was written
+        atomic_write(out / CONFIG, lambda f: yaml.safe_dump(wanted, f, sort_keys=True), mode="w")
     return aside
+
+
+_ASIDE = ".replaced-"
+
+
+def _asides(real: Path) -> list[Path]:
+    """The hidden copies of earlier runs that ``--overwrite`` moved aside from ``real``, oldest first."""
+    found = [p for p in real.parent.glob(f".{glob.escape(real.name)}{_ASIDE}*") if p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _settle(real: Path) -> None:
+    """Finish what an ``--overwrite`` killed mid-way left beside ``real`` (call it holding the folder's lock):
+    once the new run has a checkpoint the old one is deleted; before that, the old one is put back."""
+    asides = _asides(real)
+    if not asides:
+        return
+    if _started(real):
+        for a in asides:
+            shutil.rmtree(a, ignore_errors=True)
+        return
+    *older, last = asides
+    for a in older:
+        shutil.rmtree(a, ignore_errors=True)
+    shutil.rmtree(real, ignore_errors=True)
+    last.rename(real)
+    warnings.warn(f"restored the earlier run in {real}: the --overwrite run that replaced it stopped before its "
+                  "first checkpoint", stacklevel=2)
+
+
+def settle_run_folder(out: str | Path) -> None:
+    """:func:`_settle` for a reader (``--resume``'s saved options, ``evaluate``...): done only when no run holds
+    the folder, since a live run owns its hidden copy."""
+    real = Path(out).resolve()
+    if not _asides(real):
+        return
+    try:
+        with lock_run_folder(real):
+            _settle(real)
+    except (RunFolderError, OSError):
+        pass  # in use (the run holding it settles its own copy), or a folder this reader cannot change
+
+
+class _Aside:
+    """The hidden copy of the run that ``--overwrite`` replaced: a watcher thread deletes it as soon as the new
+    run has written its first checkpoint; :meth:`close` puts it back if the new run never got that far."""
+
+    def __init__(self, out: Path, path: Path) -> None:
+        self.out, self.path = out, path
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ab-plugin-aside", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if self._drop_if_started():
+                return
+
+    def _drop_if_started(self) -> bool:
+        with self._lock:
+            if self.path is not None and _started(self.out):
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.path = None
+            return self.path is None
+
+    def close(self, failed: bool) -> None:
+        """Delete the copy (the new run finished, or failed after its first checkpoint) or put it back."""
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            if self.path is None:
+                return
+            if failed and not _started(self.out):
+                shutil.rmtree(self.out, ignore_errors=True)
+                self.path.rename(self.out)
+            else:
+                shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
 
 
 @contextlib.contextmanager
 def lock_run_folder(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` (a ``.NAME.lock`` file beside it, so replacing ``out`` keeps it);
-    a second writer gets a one-line :class:`RunFolderError`. The kernel drops the lock if the process dies."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path = out.with_name(f".{out.name}.lock")
-    with open(path, "a+") as f:
+    """Hold an exclusive lock on ``out`` (``filelock`` on a ``.NAME.lock`` file beside the resolved folder, so
+    replacing ``out`` keeps it and a symlink to the folder takes the same lock); a second writer gets a
+    one-line :class:`RunFolderError`. The kernel drops the lock if the process dies."""
+    real = Path(out).resolve()
+    real.parent.mkdir(parents=True, exist_ok=True)
+    path = real.with_name(f".{real.name}.lock")
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "?"
-            raise RunFolderError(f"run folder {out} is in use by another ab-plugin run (pid {pid}): wait for it to "
-                                 "finish, or choose another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            f.truncate(0)
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            pid = path.read_text().strip() or "?"
+        except OSError:
+            pid = "?"
+        raise RunFolderError(f"run folder {out} is in use by another ab-plugin run (pid {pid}): wait for it to "
+                             "finish, or choose another --out") from None
+    try:
+        path.write_text(str(os.getpid()))  # for the message above; the lock is the open file, not its text
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.write_text("")
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -161,16 +266,18 @@ def run_folder(out: str | Path, cfg: Config, *, command: str, resume: bool = Fal
         barrier()
         yield out
         return
-    with lock_run_folder(out):
-        aside = prepare_run_folder(out, cfg, resume=resume, overwrite=overwrite, command=command, options=options)
+    real = out.resolve()  # `--out alias` of a folder is that folder: same lock, and --overwrite moves the folder
+    with lock_run_folder(real):
+        _settle(real)
+        moved = prepare_run_folder(real, cfg, resume=resume, overwrite=overwrite, command=command, options=options)
+        aside = _Aside(real, moved) if moved is not None else None
         barrier()
         try:
             yield out
         except BaseException as e:
-            started = _started(out)
-            if aside is not None and not started:
-                shutil.rmtree(out, ignore_errors=True)
-                aside.rename(out)
+            started = _started(real)
+            if aside is not None:
+                aside.close(failed=True)
                 aside = None
             if isinstance(e, KeyboardInterrupt):
                 raise KeyboardInterrupt(
@@ -180,11 +287,12 @@ def run_folder(out: str | Path, cfg: Config, *, command: str, resume: bool = Fal
             raise
         finally:
             if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+                aside.close(failed=False)
 
 
 def read_run(out: Path) -> tuple[str, dict[str, Any], Config]:
     """``(command, options, config)`` saved in a run folder; a missing or damaged file is a one-line error."""
+    settle_run_folder(out)
     data = _saved(out)
     if not data:
         raise RunFolderError(f"{out} is not a run folder (no config.yaml): pass the --out folder of a run")
@@ -194,11 +302,6 @@ def read_run(out: Path) -> tuple[str, dict[str, Any], Config]:
         return command, options, Config.from_dict(data)
     except ValueError as e:
         raise RunFolderError(f"{out / CONFIG} is damaged ({e})") from None
-
-
-def read_run_config(out: Path) -> tuple[str, Config]:
-    command, _, cfg = read_run(out)
-    return command, cfg
 
 
 def run_stage(out: Path, name: str, run: Callable[[Path, bool], RunResult]) -> RunResult:
@@ -285,9 +388,13 @@ def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
 def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any], list[Path]]:
     """Write a run's outputs into ``out``: ``result.json`` (see :func:`summarize`), ``policy.json`` (the
     final α and augmentation, validation metrics of the search) and the plots; returns the summary and the
-    plot paths. ``policy.json`` is written last, so a folder holding one holds a finished run."""
+    plot paths. ``policy.json`` is written last, so a folder holding one holds a finished run: resuming it
+    rewrites nothing."""
     from .policies import PolicyFileError, policy_from_dict, save_policy
 
+    if (out / POLICY).exists() and (out / RESULT).exists():  # finished before (--resume): its files stay as they are
+        summary = json.loads((out / RESULT).read_text())
+        return summary, [p for p in (out / name for name in PLOTS) if p.exists()]
     summary = summarize(results)
     policy = dataclasses.replace(results[summary["final"]], val_metrics=summary["val_metrics"]).to_policy()
     try:
@@ -312,21 +419,21 @@ def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
 
     errors = {label(name): r.test_metrics["per_class_error"] for name, r in results.items()
               if r.test_metrics and name != "search"} or {"final": final.test_metrics["per_class_error"]}
-    p = out / "per_class_error.png"
+    p = out / PLOTS[0]
     plot_per_class_error(final.class_counts, errors, p)
     paths.append(p)
     if "search" in results:
         s = results["search"]
-        p = out / "alpha_vs_frequency.png"
+        p = out / PLOTS[1]
         plot_alpha_vs_frequency(s.class_counts, s.alpha, p)
         paths.append(p)
         if s.history:
-            p = out / "alpha_trajectory.png"
+            p = out / PLOTS[2]
             plot_alpha_trajectory(s.history, p)
             paths.append(p)
         movement = augmentation_movement(results)
         if movement is not None:
-            p = out / "augmentation_movement.png"
+            p = out / PLOTS[3]
             plot_augmentation_movement(s.class_counts, movement, p)
             paths.append(p)
     return paths

@@ -45,6 +45,7 @@ class SampleTransformDataset(Dataset):
         loader = timm.data.create_loader(SampleTransformDataset(ImageFolder(root),
             transforms=PerClassTransformV2("policy.json")), input_size=(3, 32, 32), ...)   # timm's loaders
 
+    ``targets``, ``classes`` and ``class_to_idx`` are the wrapped dataset's (as on ``ImageFolder``).
     timm's ``create_loader`` sets the dataset's ``transform`` attribute to its own image transform (resize,
     crop, flip, to tensor, normalise); it runs after the per-class policy, which sees the raw image.
 
@@ -65,6 +66,19 @@ class SampleTransformDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+    # the wrapped dataset's labels, as on ImageFolder (e.g. for a class-balanced sampler); AttributeError if absent
+    @property
+    def targets(self) -> Any:
+        return self.dataset.targets  # type: ignore[attr-defined]
+
+    @property
+    def classes(self) -> Any:
+        return self.dataset.classes  # type: ignore[attr-defined]
+
+    @property
+    def class_to_idx(self) -> Any:
+        return self.dataset.class_to_idx  # type: ignore[attr-defined]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, label = self.dataset[index]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import warnings
 from pathlib import Path
 
 from rich.table import Table
@@ -51,12 +51,15 @@ def policy_table(pf: PolicyFile) -> Table:
     return table
 
 
-def plot_policy_heatmap(pf: PolicyFile, path: str | os.PathLike[str]) -> None:
+def plot_policy_heatmap(pf: PolicyFile, path: str | os.PathLike[str], *, skip_unwritable: bool = False
+                        ) -> Path | None:
     """Save a PNG heat map of the per-class magnitudes and probabilities (classes x ops) and the loss
     parameters ``w``, ``l``, ``Δ`` per class; classes ordered by training count (largest first).
 
-    Uses matplotlib's Agg canvas (no pyplot state, no display); written atomically (temp file in the
-    same folder + ``os.replace``).
+    Uses matplotlib's Agg canvas (no pyplot state, no display); written with
+    :func:`ab_plugin.io.atomic_write` (atomic, the permissions ``open()`` gives). Returns ``path``; with
+    ``skip_unwritable``, a folder that cannot be written (read-only, such as an installed package's zoo) is
+    a ``warning:`` line and ``None`` instead of an ``OSError``.
     """
     from matplotlib.axes import Axes
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,13 +111,15 @@ def plot_policy_heatmap(pf: PolicyFile, path: str | os.PathLike[str]) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    from ab_plugin.io import atomic_write
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    except OSError as e:
+        if not skip_unwritable:
+            raise
+        warnings.warn(f"heat map not written: {Path(path).parent} cannot be written ({e.strerror or e}); pass "
+                      "--heatmap PATH to write it elsewhere", stacklevel=2)
+        return None
+    return Path(path)
+

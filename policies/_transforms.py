@@ -22,7 +22,18 @@ __all__ = ["PerClassTransform", "PerClassTransformV2"]
 PolicySource = PolicyFile | ClassPolicy | str | os.PathLike
 
 
-def _as_module(policy: Any) -> ClassPolicy:
+def _as_module(policy: Any, crop_flip: bool | None = None) -> ClassPolicy:
+    module = _load_module(policy)
+    if crop_flip is None or bool(crop_flip) == module.crop_flip:
+        return module
+    import copy
+
+    module = copy.deepcopy(module) if module is policy else module  # never change the caller's live module
+    module.crop_flip = bool(crop_flip)
+    return module
+
+
+def _load_module(policy: Any) -> ClassPolicy:
     if isinstance(policy, ClassPolicy):
         return policy
     if isinstance(policy, (str, os.PathLike)):
@@ -44,8 +55,14 @@ class PerClassTransform:
     Draws fresh random parameters on every call and runs under ``torch.no_grad``. Works on any device:
     the policy is copied once to each new device it meets (a snapshot when a live module is given).
 
+    When the policy says ``crop_flip: true`` (what a search with the default augmentation exports), each image
+    first gets the search's random crop (zero-padded by ``padding`` pixels, 4 by default, then cropped back)
+    and a horizontal flip with probability 0.5, then its class's ops; ``crop_flip=False`` leaves both to the
+    rest of the pipeline.
+
     Args:
         policy: a :class:`PolicyFile`, a :class:`ClassPolicy`, a path to a policy file or a zoo name.
+        crop_flip: ``None``: as the policy says; ``True`` / ``False``: do / skip the built-in crop + flip.
 
     Call:
         x: ``[B, 3, H, W]`` (or one image ``[3, H, W]``) uint8 in ``[0, 255]`` or float in ``[0, 1]``.
@@ -53,14 +70,19 @@ class PerClassTransform:
         returns: same shape, dtype and device as ``x``.
     """
 
-    def __init__(self, policy: PolicySource) -> None:
-        self.policy = _as_module(policy)
+    def __init__(self, policy: PolicySource, *, crop_flip: bool | None = None) -> None:
+        self.policy = _as_module(policy, crop_flip)
         self._by_device: dict[torch.device, ClassPolicy] = {}
 
     @property
     def num_classes(self) -> int:
         """Number of classes ``C`` of the policy."""
         return self.policy.num_classes
+
+    @property
+    def crop_flip(self) -> bool:
+        """Whether the transform does the random crop + horizontal flip itself (before the per-class ops)."""
+        return self.policy.crop_flip
 
     def _module_for(self, device: torch.device) -> ClassPolicy:
         own = self.policy.probability_logit.device
@@ -129,13 +151,24 @@ class PerClassTransformV2(Transform):
     int label, so this class overrides ``forward`` to read the label from the flattened sample and then
     follows v2's rules for which entries are images.
 
+    Crop and flip: a policy with ``crop_flip: true`` (the default of a search) makes this transform do the
+    search's random crop (4-pixel zero padding) and horizontal flip (p = 0.5) before the per-class ops, as in
+    training. Do not add ``v2.RandomCrop`` / ``v2.RandomHorizontalFlip`` to the same pipeline then (images would
+    be cropped and flipped twice), or pass ``crop_flip=False`` to keep your own; :attr:`crop_flip` says which.
+
     Args:
         policy: a :class:`PolicyFile`, a :class:`ClassPolicy`, a path to a policy file or a zoo name.
+        crop_flip: ``None``: as the policy says; ``True`` / ``False``: do / skip the built-in crop + flip.
     """
 
-    def __init__(self, policy: PolicySource) -> None:
+    def __init__(self, policy: PolicySource, *, crop_flip: bool | None = None) -> None:
         super().__init__()
-        self._apply = PerClassTransform(policy)
+        self._apply = PerClassTransform(policy, crop_flip=crop_flip)
+
+    @property
+    def crop_flip(self) -> bool:
+        """Whether the transform does the random crop + horizontal flip itself (before the per-class ops)."""
+        return self._apply.crop_flip
 
     def _image(self, inpt: Any, label: int) -> Any:
         if isinstance(inpt, PIL.Image.Image):

@@ -22,6 +22,7 @@ from ._imagefolder import (
     decode_images,
     image_size_of,
     scan_imagefolder,
+    warn_taken_as_is,
 )
 from ._listfile import read_coco_json, read_listfile
 from ._longtail import _rank_within_class, long_tail_counts, make_long_tailed
@@ -345,12 +346,13 @@ def long_tail_index(
     """Long-tail a training index before decoding.
 
     A balanced tree (all classes the same size) is cut to ``long_tail_counts(n_max or that size, C,
-    imbalance, profile)`` (the first files of each class); an already imbalanced tree is taken as it is,
-    unless ``force``.
+    imbalance, profile)`` (the first files of each class); an already imbalanced tree is taken as it is
+    (with a warning naming its counts when a long tail was asked for), unless ``force``.
     """
     have = index.class_counts()
     balanced = bool((have == have[0]).all())
     if not balanced and not force:
+        warn_taken_as_is(index, imbalance, n_max)
         return index, have.tolist()
     head = int(n_max) if n_max is not None else int(have.max())
     counts = long_tail_counts(head, len(index.classes), imbalance, profile)
@@ -382,7 +384,8 @@ def load_imagefolder(
     num_threads: int | None = None,
     force_long_tail: bool = False,
 ) -> DatasetBundle:
-    """Load ``location/train`` and ``location/test`` (or ``val``) ImageFolder trees into memory.
+    """Load ``location/train`` and ``location/test`` (or ``val``) ImageFolder trees into memory; with all three,
+    ``val`` is the validation split (``bundle.val``).
 
     ``location`` is a directory or a zip archive of one. The training tree is long-tailed *before*
     decoding (see :func:`long_tail_index`), so only kept files are decoded (thread pool, PIL, RGB).
@@ -398,6 +401,8 @@ def load_imagefolder(
     train_idx = scan_imagefolder(source, "train")
     test_split = "test" if source.isdir("test") else "val" if source.isdir("val") else "test"
     test_idx = scan_imagefolder(source, test_split, classes=train_idx.classes)
+    val_idx = scan_imagefolder(source, "val", classes=train_idx.classes) if test_split == "test" and source.isdir(
+        "val") else None  # train/, val/ and test/: val/ is the search's validation split, as in timm
     if imbalance > 1 or n_max is not None or force_long_tail:
         train_idx, counts = long_tail_index(train_idx, imbalance, profile, n_max, force=force_long_tail)
     else:
@@ -406,10 +411,11 @@ def load_imagefolder(
         image_size = image_size_of(source, train_idx.paths[0])
     train = _decode(train_idx, image_size, num_threads)
     test = _decode(test_idx, image_size, num_threads)
+    val = _decode(val_idx, image_size, num_threads) if val_idx is not None else None
     mean, std = channel_stats(train.images)
     label = name or f"{_IMAGEFOLDER}:{os.fspath(location)}"
     meta = _lt_meta(counts, imbalance, profile, source=os.fspath(location), test_split=test_split)
-    return DatasetBundle(label, train, test, _rgb3(mean), _rgb3(std), meta)
+    return DatasetBundle(label, train, test, _rgb3(mean), _rgb3(std), meta, val=val)
 
 
 @register_dataset(_IMAGEFOLDER)

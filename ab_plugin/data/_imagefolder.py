@@ -8,6 +8,7 @@ import os
 import posixpath
 import re
 import threading
+import warnings
 import zipfile
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "scan_imagefolder",
     "decode_images",
     "image_size_of",
+    "warn_taken_as_is",
 ]
 
 #: File extensions taken as images (case-insensitive), as in torchvision's ImageFolder.
@@ -132,16 +134,37 @@ class FileSource:
         """All files below folder ``rel`` (recursive), as root-relative paths in ImageFolder order.
 
         The order is torchvision's ``sorted(os.walk(...))`` then sorted file names: by folder, then name.
+        Links to folders are followed only while they stay inside ``rel`` (and never back up into a folder
+        that holds them): a link out of a class folder would label another folder's images with this class,
+        so it is an :class:`ImageFolderError` naming the link. Links to files are followed.
         """
         if self.is_zip:
             out = list(self._zip_below(rel))
         else:
             out = []
             base = os.path.join(self.location, rel)
-            for root, _, fnames in os.walk(base, followlinks=True):
+            top = os.path.realpath(base)
+            for root, dirs, fnames in os.walk(base, followlinks=True):
+                for d in dirs:
+                    link = os.path.join(root, d)
+                    if os.path.islink(link):
+                        self._check_folder_link(link, top, os.path.realpath(root), rel)
                 sub = os.path.relpath(root, self.location).replace(os.sep, "/")
                 out.extend(posixpath.join(sub, f) for f in fnames)
         return sorted(out, key=lambda p: (posixpath.dirname(p), posixpath.basename(p)))
+
+    def _check_folder_link(self, link: str, top: str, here: str, rel: str) -> None:
+        target = os.path.realpath(link)
+
+        def inside(path: str, folder: str) -> bool:
+            return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+        if not inside(target, top) or inside(here, target):
+            why = "a loop back into a folder that holds it" if inside(here, target) else "a folder outside it"
+            raise ImageFolderError(
+                f"{link} in {self.display(rel)!r} links to {why} ({target}): its images would be labelled "
+                f"{posixpath.basename(rel)!r}; replace the link with the images it should add, or remove it"
+            )
 
     def read(self, rel: str) -> bytes:
         if self.is_zip:
@@ -281,6 +304,22 @@ def scan_imagefolder(
         index.groups = torch.tensor([lut[g] for g in names if g is not None], dtype=torch.int64)
         index.group_names = group_names
     return index
+
+
+def warn_taken_as_is(index: ImageFolderIndex, imbalance: float, n_max: int | None) -> None:
+    """Say that an already imbalanced training tree is used as it is, with its real counts and ratio, when a
+    long tail (``imbalance`` > 1 or ``n_max``) was asked for: those settings do not apply to it."""
+    if imbalance <= 1 and n_max is None:
+        return
+    counts = index.class_counts()
+    big, small = int(counts.max()), int(counts.min())
+    asked = " and ".join([f"--imbalance {imbalance:g}"] * (imbalance > 1) + [f"--n-max {n_max}"] * (n_max is not None))
+    warnings.warn(
+        f"{index.source.display(index.split)} is already imbalanced (largest class {big} images, smallest "
+        f"{small}: imbalance {big / max(small, 1):.4g}); it is used as it is and {asked} "
+        f"{'do' if ' and ' in asked else 'does'} not apply",
+        stacklevel=2,
+    )
 
 
 def _open_rgb(source: FileSource, rel: str, size: tuple[int, int] | None) -> np.ndarray:

@@ -132,7 +132,11 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         Path(spec.target).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(spec.target))
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(spec.target))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"--storage {spec.display}: the journal file is damaged ({_journal_damage(spec.target, e)}"
+                             "): restore it from a copy, or move it away to start the study anew") from None
     import sqlalchemy.exc
 
     try:
@@ -145,6 +149,21 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
         first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"cannot open --storage {spec.display} ({type(e).__name__}: {first}): check that the "
                          "server is up, the database exists and the URL's user and password") from None
+
+
+def _journal_damage(path: str, error: Exception) -> str:
+    """Where a journal file stops being Optuna's JSON lines: its first line that is not a JSON object."""
+    import json
+
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict):
+                return f"line {n} is not a journal entry: {line[:40]!r}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'no details'}"
 
 
 def _connect(spec: StorageSpec) -> BaseStorage:

@@ -94,7 +94,7 @@ def run_warmstart(
         plots: write the Optuna plots into ``out``.
     """
     optuna = import_optuna()
-    from ..runs import load_bundle
+    from ..runs import check_command, load_bundle
     from ..search import AutoBalance
     from ..trainer import NumericalError
 
@@ -107,6 +107,7 @@ def run_warmstart(
     if trial_epochs < 1:
         raise ValueError(f"--trial-epochs must be >= 1, got {trial_epochs}")
     out = Path(out)
+    check_command(out, "warmstart")  # never rewrite the config.yaml of a search / baseline / retrain run
     spec = resolve_storage(storage, out)
     pruner_obj = create_pruner(pruner, max_resource=trial_epochs, n_startup_trials=pruner_startup)
     bundle = bundle if bundle is not None else load_bundle(base)

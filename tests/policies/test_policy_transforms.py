@@ -147,3 +147,40 @@ def test_per_class_transform_on_cuda() -> None:
     y = torch.tensor([0, 1, 0, 1], device="cuda")
     out = t(x, y)
     assert out.device.type == "cuda" and torch.equal(out[0], x[0])
+
+
+# issue 26.21: the built-in crop + flip is said and can be switched off; the wrapper shows its labels ---------
+def test_crop_flip_is_explicit_and_can_be_left_to_the_pipeline() -> None:
+    live = _module([0.0, 0.0], [0.0, 0.0], crop_flip=True)  # no per-class op ever fires: only crop + flip
+    pf = _file(live)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.tensor([0, 1] * 16)
+    torch.manual_seed(0)
+    own = PerClassTransform(pf)
+    assert own.crop_flip and PerClassTransformV2(pf).crop_flip
+    assert not torch.equal(own(x, y), x)  # the policy file's crop_flip: true crops and flips by itself
+    off = PerClassTransform(pf, crop_flip=False)
+    v2off = PerClassTransformV2(pf, crop_flip=False)
+    assert not off.crop_flip and not v2off.crop_flip
+    assert torch.equal(off(x, y), x)
+    image, label = v2off((tv_tensors.Image(x[1]), 1))
+    assert label == 1 and torch.equal(image, x[1])
+    assert not PerClassTransform(live, crop_flip=False).crop_flip and live.crop_flip  # the caller's module is kept
+    assert PerClassTransform(_file(_module([0.0, 0.0], [0.0, 0.0])), crop_flip=True).crop_flip
+    assert "crop" in PerClassTransformV2.__doc__ and "v2.RandomCrop" in PerClassTransformV2.__doc__
+
+
+def test_sample_transform_dataset_exposes_the_wrapped_labels(tmp_path: Path) -> None:
+    from ab_plugin.integrations import SampleTransformDataset
+
+    for name in ("b", "a"):
+        for i in range(2 if name == "a" else 3):
+            (tmp_path / name).mkdir(exist_ok=True)
+            PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    folder = ImageFolder(str(tmp_path))
+    wrapped = SampleTransformDataset(folder, transforms=PerClassTransformV2(PF))
+    assert wrapped.targets == folder.targets == [0, 0, 1, 1, 1]
+    assert wrapped.classes == ["a", "b"] and wrapped.class_to_idx == {"a": 0, "b": 1}
+    with pytest.raises(AttributeError):
+        _ = SampleTransformDataset(list(zip(range(3), range(3), strict=True))).targets

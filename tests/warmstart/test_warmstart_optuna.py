@@ -23,18 +23,11 @@ import yaml
 from click.testing import CliRunner
 
 from ab_plugin import Config
-from ab_plugin.warmstart import (
-    STUDY_DB,
-    SearchSpace,
-    create_pruner,
-    load_warmstart_study,
-    open_storage,
-    params_to_config,
-    resolve_storage,
-    run_warmstart,
-    warmstart_command,
-    warmstart_config,
-)
+from ab_plugin.warmstart import SearchSpace, load_warmstart_study, run_warmstart, warmstart_command, warmstart_config
+from ab_plugin.warmstart._names import STUDY_DB
+from ab_plugin.warmstart.pruning import create_pruner
+from ab_plugin.warmstart.space import params_to_config
+from ab_plugin.warmstart.storage import open_storage, resolve_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TS = optuna.trial.TrialState

@@ -89,7 +89,8 @@ def test_trials_are_pruned_early_and_the_study_completes(pruned_study):
     complete = [t for t in trials if t.state == TS.COMPLETE]
     assert complete and all(sorted(t.intermediate_values) == [1, 2] for t in complete)
     # the known-good points came first, LA τ = 1 as trial 0, with the base upper_lr / val_fraction
-    assert trials[0].params == {"init": "la", "tau": 1.0, "upper_lr": Config().upper_lr, "val_fraction": 0.2}
+    base = {"upper_lr": LEARNS.upper_lr, "val_fraction": LEARNS.val_fraction}
+    assert trials[0].params == {"init": "la", "tau": 1.0, **base}
     assert [t.params["init"] for t in trials[:3]] == ["la", "vs", "cdt"]
 
 

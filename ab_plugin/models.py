@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.utils import unwrap_model
 from torch import Tensor
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "split_model",
+    # timm's: the plain module under DDP / DataParallel (``.module``), torch.compile (``._orig_mod``) and timm's
+    # EMA wrappers, nested in any order
     "unwrap_model",
 ]
 
@@ -380,17 +383,6 @@ def _features_until(model: nn.Module, head: nn.Module, attr: str) -> Callable[[T
     return features_fn
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
 def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module]:
     """Split a classifier into ``(features_fn, classifier)`` with ``classifier(features_fn(x)) == model(x)``.
 
@@ -399,7 +391,7 @@ def split_model(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module
     - other models with a final ``fc`` / ``classifier`` / ``head`` module (e.g. torchvision): ``features_fn``
       runs ``model`` until the classifier's input and stops there (a forward pre-hook; nothing is mutated).
 
-    Wrappers (DDP, ``torch.compile``) are unwrapped first (:func:`unwrap_model`).
+    Wrappers (DDP, ``torch.compile``) are unwrapped first (:func:`unwrap_model`, timm's).
 
     Shapes: ``features_fn``: ``[B, 3, H, W] -> [B, D]``; ``classifier``: ``[B, D] -> [B, C]``.
     """

@@ -1,4 +1,11 @@
-"""The lower level's learning-rate schedule, a pure function of the global iteration."""
+"""The lower level's learning-rate schedule, a pure function of the global iteration.
+
+A closed form rather than torch's or timm's schedulers: the trainer sets the lr itself every step, a resumed
+run needs no scheduler state, and the upper level reads ``lr / peak``. torch's ``LinearLR`` +
+``CosineAnnealingLR`` (chained updates) reach the same values only up to rounding (about 2.5e-16 apart,
+most steps not bit-identical), and timm's ``CosineLRScheduler`` ramps its warm-up to the peak one step
+later, so neither reproduces runs made with this formula.
+"""
 
 from __future__ import annotations
 

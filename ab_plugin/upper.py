@@ -99,6 +99,10 @@ class UpperLevel:
             return None
         if not self.hparams:
             return norm
+        # by hand, not torch.nn.utils.clip_grad_norm_: that one takes the norm in the gradients' dtype (float32)
+        # and divides by norm + 1e-6, which moves the clipped step by up to ~1e-6 relative (α would no longer
+        # match runs made with this code); it also scales a non-finite gradient into NaNs where this skips
+        # it, and treats clip = 0 as "clip to zero" where 0 means no clipping here
         scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip > 0 else 1.0
         factor = self.lr_factor(lr_scale)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):

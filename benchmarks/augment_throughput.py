@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ab_plugin.policies import DEFAULT_OPS, ClassPolicy
+from ab_plugin.policies import ClassPolicy
+from ab_plugin.policies._policy import DEFAULT_OPS
 
 __all__ = ["main", "BENCH_OPS"]
 

@@ -41,7 +41,6 @@ from ab_plugin.policies import (
     PerClassTransformV2,
     PolicyFile,
     load_policy,
-    make_provenance,
     policy_from_module,
     save_policy,
 )
@@ -79,7 +78,7 @@ def demo_policy(path: Path, classes: list[str], counts: list[int]) -> Path:
     neutral = {"class_weight": [1.0] * len(classes), "logit_bias": [0.0] * len(classes),
                "logit_scale": [1.0] * len(classes)}
     save_policy(path, PolicyFile(FORMAT_VERSION, classes, counts, neutral, policy_from_module(policy),
-                                 make_provenance(note="demonstration policy of examples/torchvision_loop.py")))
+                                 {"note": "demonstration policy of examples/torchvision_loop.py"}))
     return path
 
 
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if args.out is not None:
         save_policy(args.out, PolicyFile(FORMAT_VERSION, classes, counts, criterion.alpha, policy_file.augmentation,
-                                         make_provenance(dataset="digits-lt", backbone=args.model, epochs=epochs)))
+                                         {"dataset": "digits-lt", "backbone": args.model, "epochs": epochs}))
         print(f"wrote {args.out}")
     tmp.cleanup()
     moved = float((torch.tensor(criterion.alpha["logit_bias"]) - start).abs().max())

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ab_plugin._registry import Registry
-from ab_plugin.losses import expand_basis, fit_basis
+from ab_plugin.losses._sharing import expand_basis, fit_basis
 
 from . import _ops
 from ._cutout import Cutout

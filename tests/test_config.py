@@ -8,9 +8,12 @@ from ab_plugin import Config
 
 
 def test_augmentation_defaults_keep_pda_off():
+    from ab_plugin.policies._policy import LEARNED_KINDS
+
     cfg = Config()
-    assert cfg.augment == "fixed" and cfg.augment_entropy == 0.0
-    assert (cfg.augment_init_probability, cfg.augment_init_magnitude) == (0.1, 0.1)
+    assert cfg.augment not in LEARNED_KINDS  # nothing of A is learned unless asked for
+    for kind in LEARNED_KINDS:  # and the defaults of the learned kinds are valid when it is
+        cfg.replace(augment=kind).validate()
 
 
 @pytest.mark.parametrize(("key", "value", "pattern"), [

@@ -69,6 +69,27 @@ def test_split_model_reproduces_forward() -> None:
     assert p.body[0].weight.grad is not None
 
 
+def test_unwrap_model_sees_through_ddp_data_parallel_compile_and_ema() -> None:
+    from timm.utils import ModelEmaV3
+
+    from ab_plugin.models import unwrap_model
+
+    net = create_backbone("resnet20", 3)
+    # a DistributedDataParallel without a process group: the object, as isinstance and unwrapping see it
+    ddp = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+    nn.Module.__init__(ddp)
+    ddp.module = net
+    compiled = torch.compile(net)  # lazy: nothing is compiled until it is called
+    assert compiled is not net and type(compiled).__name__ == "OptimizedModule"
+    wrapped = [nn.DataParallel(net), ddp, compiled, torch.compile(nn.DataParallel(net))]
+    for w in [net, *wrapped]:
+        assert unwrap_model(w) is net, type(w).__name__
+    ema = ModelEmaV3(net)  # holds its own copy
+    assert unwrap_model(ema) is ema.module and ema.module is not net
+    features_fn, classifier = split_model(compiled)
+    assert classifier is net.fc
+
+
 def test_normed_head_is_a_cosine_classifier() -> None:
     m = create_backbone("resnet32", 10, normed_head=True)
     assert isinstance(m.fc, NormedLinear) and m.fc.weight.shape == (10, 64)

@@ -33,6 +33,18 @@ def test_clip_bounds_the_hypergradient_norm():
     assert torch.allclose(p.detach(), torch.tensor([-0.6, -0.8]))
 
 
+def test_clipping_uses_the_float64_norm_of_all_tensors_exactly():
+    g = torch.Generator().manual_seed(0)
+    grads = [3 * torch.randn(5, generator=g), torch.randn(2, 3, generator=g)]
+    params = [nn.Parameter(torch.zeros_like(t)) for t in grads]
+    upper = UpperLevel(params, optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, clip=1.0)
+    norm = upper.step(grads)
+    exact = math.sqrt(sum(float((t.double() ** 2).sum()) for t in grads))
+    assert norm == exact > 1.0  # the reported norm is the float64 one, before clipping
+    for p, t in zip(params, grads, strict=True):  # the step is -g · clip / (norm + 1e-12), bit for bit
+        assert torch.equal(p.detach(), -(t * (1.0 / (exact + 1e-12))))
+
+
 def test_non_finite_hypergradient_is_skipped_and_alpha_kept():
     p = _param(1.0)
     upper = UpperLevel([p], lr=0.1)

@@ -8,7 +8,8 @@ import gzip
 import importlib.resources
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from ._transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ._types import DatasetBundle, ImageData
 
 __all__ = [
+    "DatasetRequest",
     "create_dataset",
     "list_datasets",
     "register_dataset",
@@ -51,27 +53,31 @@ _INAT = "inat2018"
 _TAKES_PATH = (_IMAGEFOLDER, *_LIST_BENCHMARKS, _INAT, _LISTFILE)
 
 
-class DatasetBuilder(Protocol):
-    """Signature of a registered dataset builder (see :func:`register_dataset`)."""
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What :func:`create_dataset` asks a registered builder for (see :func:`create_dataset` for each field).
 
-    def __call__(
-        self,
-        *,
-        data_dir: str | None,
-        imbalance: float,
-        profile: str,
-        n_max: int | None,
-        download: bool,
-        seed: int,
-        image_size: tuple[int, int] | None,
-    ) -> DatasetBundle: ...
+    ``data_dir`` is the path of a ``name:PATH`` spec when one was given; ``image_size`` is ``(H, W)`` or
+    ``None`` (keep the native size; the list-file datasets: the 224-pixel recipe).
+    """
 
+    data_dir: str | None = None
+    imbalance: float = 100.0
+    profile: str = "exp"
+    n_max: int | None = None
+    download: bool = False
+    image_size: tuple[int, int] | None = None
+
+
+#: A registered dataset builder: ``builder(request) -> DatasetBundle``.
+DatasetBuilder = Callable[[DatasetRequest], DatasetBundle]
 
 _DATASETS: Registry[DatasetBundle] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator registering a builder under ``name`` for :func:`create_dataset`."""
+    """Decorator registering ``builder(request: DatasetRequest) -> DatasetBundle`` under ``name`` for
+    :func:`create_dataset`."""
     return _DATASETS.register(name)
 
 
@@ -150,24 +156,15 @@ def _digits_split(
 
 
 @register_dataset("digits-lt")
-def _build_digits_lt(
-    *,
-    data_dir: str | None,
-    imbalance: float,
-    profile: str,
-    n_max: int | None,
-    download: bool,
-    seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_digits_lt(req: DatasetRequest) -> DatasetBundle:
     """Embedded, offline: scikit-learn's 8x8 digits as 32x32 RGB; 30 test images per class (balanced).
 
     Training counts with the defaults (``n_max = 144``, the smallest per-class training count,
     ``imbalance = 100``, ``exp``): ``[144, 87, 52, 32, 19, 12, 7, 5, 3, 2]`` (363 images); every class
     keeps at least 2 images.
     """
-    train, test, counts = _digits_split(imbalance, profile, n_max)
-    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
+    train, test, counts = _digits_split(req.imbalance, req.profile, req.n_max)
+    train, test = _maybe_resize(train, req.image_size), _maybe_resize(test, req.image_size)
     mean, std = channel_stats(train.images)
     return DatasetBundle(
         "digits-lt",
@@ -175,7 +172,7 @@ def _build_digits_lt(
         test,
         _rgb3(mean),
         _rgb3(std),
-        _lt_meta(counts, imbalance, profile, source="sklearn.datasets.load_digits"),
+        _lt_meta(counts, req.imbalance, req.profile, source="sklearn.datasets.load_digits"),
     )
 
 
@@ -191,24 +188,15 @@ def _digit_groups(data: ImageData, minority_every: int, minority_offset: int) ->
 
 
 @register_dataset("digits-lt-groups")
-def _build_digits_lt_groups(
-    *,
-    data_dir: str | None,
-    imbalance: float,
-    profile: str,
-    n_max: int | None,
-    download: bool,
-    seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_digits_lt_groups(req: DatasetRequest) -> DatasetBundle:
     """``digits-lt`` plus a binary group: group 1 (``inverted``) images are colour-inverted.
 
     Group 1 is rare in training (the samples of rank 5, 15, 25, ... within each class: 35 of 363 images,
     9.6 %, none in the 3 smallest classes) and half of the test set (every second image of each class).
     """
-    train, test, counts = _digits_split(imbalance, profile, n_max)
+    train, test, counts = _digits_split(req.imbalance, req.profile, req.n_max)
     train, test = _digit_groups(train, 10, 5), _digit_groups(test, 2, 1)
-    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
+    train, test = _maybe_resize(train, req.image_size), _maybe_resize(test, req.image_size)
     mean, std = channel_stats(train.images)
     return DatasetBundle(
         "digits-lt-groups",
@@ -218,8 +206,8 @@ def _build_digits_lt_groups(
         _rgb3(std),
         _lt_meta(
             counts,
-            imbalance,
-            profile,
+            req.imbalance,
+            req.profile,
             source="sklearn.datasets.load_digits",
             groups="1 = colour-inverted; ~10% of train, 50% of test",
         ),
@@ -242,28 +230,19 @@ def _is_imagefolder(path: str) -> bool:
     return is_zip or os.path.isdir(os.path.join(path, "train"))
 
 
-def _cifar(
-    which: int,
-    *,
-    data_dir: str | None,
-    imbalance: float,
-    profile: str,
-    n_max: int | None,
-    download: bool,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _cifar(which: int, req: DatasetRequest) -> DatasetBundle:
     name = f"cifar{which}-lt"
     pretty = f"CIFAR-{which}"
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if which == 10 else (CIFAR100_MEAN, CIFAR100_STD)
-    head = n_max if n_max is not None else (5000 if which == 10 else 500)
-    root = os.path.expanduser(data_dir) if data_dir is not None else "data"
+    head = req.n_max if req.n_max is not None else (5000 if which == 10 else 500)
+    root = os.path.expanduser(req.data_dir) if req.data_dir is not None else "data"
     if _is_imagefolder(root):  # e.g. the CIFAR-10 JPEG archive or its extracted tree
         bundle = load_imagefolder(
             root,
-            imbalance=imbalance,
-            profile=profile,
+            imbalance=req.imbalance,
+            profile=req.profile,
             n_max=head,
-            image_size=image_size,
+            image_size=req.image_size,
             name=name,
             force_long_tail=True,
         )
@@ -273,8 +252,8 @@ def _cifar(
 
     cls = torchvision.datasets.CIFAR10 if which == 10 else torchvision.datasets.CIFAR100
     try:
-        tr = cls(root=root, train=True, download=download)
-        te = cls(root=root, train=False, download=download)
+        tr = cls(root=root, train=True, download=req.download)
+        te = cls(root=root, train=False, download=req.download)
     except RuntimeError as exc:
         msg = f"{pretty} not found in {root}: pass --download or --data-dir pointing at it"
         raise ValueError(msg) from exc
@@ -284,57 +263,23 @@ def _cifar(
         return ImageData(images, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 
     train, test = convert(tr), convert(te)
-    counts = long_tail_counts(head, train.num_classes, imbalance, profile)
+    counts = long_tail_counts(head, train.num_classes, req.imbalance, req.profile)
     train = make_long_tailed(train, counts)
-    train, test = _maybe_resize(train, image_size), _maybe_resize(test, image_size)
-    return DatasetBundle(name, train, test, mean, std, _lt_meta(counts, imbalance, profile, source=root))
+    train, test = _maybe_resize(train, req.image_size), _maybe_resize(test, req.image_size)
+    return DatasetBundle(name, train, test, mean, std, _lt_meta(counts, req.imbalance, req.profile, source=root))
 
 
 @register_dataset("cifar10-lt")
-def _build_cifar10_lt(
-    *,
-    data_dir: str | None,
-    imbalance: float,
-    profile: str,
-    n_max: int | None,
-    download: bool,
-    seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_cifar10_lt(req: DatasetRequest) -> DatasetBundle:
     """CIFAR-10-LT (``n_max`` 5000 by default) from torchvision's binary release in ``data_dir``, or
     from an ImageFolder tree / zip (e.g. ``cifar10-jpg.zip``) when ``data_dir`` is one."""
-    return _cifar(
-        10,
-        data_dir=data_dir,
-        imbalance=imbalance,
-        profile=profile,
-        n_max=n_max,
-        download=download,
-        image_size=image_size,
-    )
+    return _cifar(10, req)
 
 
 @register_dataset("cifar100-lt")
-def _build_cifar100_lt(
-    *,
-    data_dir: str | None,
-    imbalance: float,
-    profile: str,
-    n_max: int | None,
-    download: bool,
-    seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_cifar100_lt(req: DatasetRequest) -> DatasetBundle:
     """CIFAR-100-LT (``n_max`` 500 by default), as :func:`_build_cifar10_lt`."""
-    return _cifar(
-        100,
-        data_dir=data_dir,
-        imbalance=imbalance,
-        profile=profile,
-        n_max=n_max,
-        download=download,
-        image_size=image_size,
-    )
+    return _cifar(100, req)
 
 
 # ----------------------------------------------------------------------------------------- ImageFolder
@@ -419,15 +364,12 @@ def load_imagefolder(
 
 
 @register_dataset(_IMAGEFOLDER)
-def _build_imagefolder(
-    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
-    if not data_dir:
+def _build_imagefolder(req: DatasetRequest) -> DatasetBundle:
+    if not req.data_dir:
         raise ValueError("imagefolder needs a path: use 'imagefolder:PATH' or pass data_dir=PATH")
-    long_tail_counts(1, 1, imbalance, profile)  # validate the arguments before touching the disk
-    return load_imagefolder(os.path.expanduser(data_dir), imbalance=imbalance, profile=profile, n_max=n_max,
-                            image_size=image_size, name=f"{_IMAGEFOLDER}:{data_dir}")
+    long_tail_counts(1, 1, req.imbalance, req.profile)  # validate the arguments before touching the disk
+    return load_imagefolder(os.path.expanduser(req.data_dir), imbalance=req.imbalance, profile=req.profile,
+                            n_max=req.n_max, image_size=req.image_size, name=f"{_IMAGEFOLDER}:{req.data_dir}")
 
 
 # ------------------------------------------------------------------------------------------ list files
@@ -439,17 +381,17 @@ def _need_path(kind: str, data_dir: str | None, what: str) -> str:
     return os.path.expanduser(data_dir)
 
 
-def _streamed(name: str, train: ImageFolderIndex, test: ImageFolderIndex, val: ImageFolderIndex | None, *,
-              imbalance: float, profile: str, n_max: int | None, image_size: tuple[int, int] | None,
-              source: str) -> DatasetBundle:
+def _streamed(name: str, train: ImageFolderIndex, test: ImageFolderIndex, val: ImageFolderIndex | None,
+              req: DatasetRequest, *, source: str) -> DatasetBundle:
     """A bundle of file lists, decoded batch by batch in DataLoader workers with the 224-pixel recipe (crop
     ``image_size`` if given) and normalised with the ImageNet statistics. A balanced training list is
     long-tailed as an ImageFolder tree is (:func:`long_tail_index`); an imbalanced one is kept."""
+    imbalance, profile, image_size = req.imbalance, req.profile, req.image_size
     if image_size is not None and image_size[0] != image_size[1]:
         raise ValueError(f"{name}: the crop recipe makes square images, got image_size {image_size}")
     recipe = CropRecipe() if image_size is None else CropRecipe(size=image_size[0])
-    if imbalance > 1 or n_max is not None:
-        train, counts = long_tail_index(train, imbalance, profile, n_max)
+    if imbalance > 1 or req.n_max is not None:
+        train, counts = long_tail_index(train, imbalance, profile, req.n_max)
     else:
         counts = train.class_counts().tolist()
     for split in (train, test, val):
@@ -459,19 +401,15 @@ def _streamed(name: str, train: ImageFolderIndex, test: ImageFolderIndex, val: I
     return DatasetBundle(name, train, test, IMAGENET_MEAN, IMAGENET_STD, meta, val=val)
 
 
-def _build_list_benchmark(
-    kind: str, prefix: str, *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None,
-    download: bool, seed: int, image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_list_benchmark(kind: str, prefix: str, req: DatasetRequest) -> DatasetBundle:
     """ImageNet-LT / Places-LT: ``ROOT/PREFIX_{train,val,test}.txt`` with ROOT-relative image paths; the search
     validates on the val list."""
-    root = _need_path(kind, data_dir, "ROOT")
+    root = _need_path(kind, req.data_dir, "ROOT")
     train, val, test = (os.path.join(root, f"{prefix}_{s}.txt") for s in ("train", "val", "test"))
     train_idx = read_listfile(train)
     val_idx = read_listfile(val, num_classes=train_idx.num_classes)
     test_idx = read_listfile(test, num_classes=train_idx.num_classes)
-    return _streamed(f"{kind}:{data_dir}", train_idx, test_idx, val_idx, imbalance=imbalance, profile=profile,
-                     n_max=n_max, image_size=image_size, source=root)
+    return _streamed(f"{kind}:{req.data_dir}", train_idx, test_idx, val_idx, req, source=root)
 
 
 for _name, _prefix in _LIST_BENCHMARKS.items():
@@ -479,34 +417,26 @@ for _name, _prefix in _LIST_BENCHMARKS.items():
 
 
 @register_dataset(_INAT)
-def _build_inat2018(
-    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_inat2018(req: DatasetRequest) -> DatasetBundle:
     """iNaturalist 2018: ``ROOT/train2018.json`` and ``ROOT/val2018.json`` (COCO-style). It has no public test
     labels, so val2018 is the test set, as in the literature; the search splits its validation off train."""
-    root = _need_path(_INAT, data_dir, "ROOT")
+    root = _need_path(_INAT, req.data_dir, "ROOT")
     train, category_ids = read_coco_json(os.path.join(root, "train2018.json"))
     test, _ = read_coco_json(os.path.join(root, "val2018.json"), category_ids=category_ids)
-    return _streamed(f"{_INAT}:{data_dir}", train, test, None, imbalance=imbalance, profile=profile, n_max=n_max,
-                     image_size=image_size, source=root)
+    return _streamed(f"{_INAT}:{req.data_dir}", train, test, None, req, source=root)
 
 
 @register_dataset(_LISTFILE)
-def _build_listfile(
-    *, data_dir: str | None, imbalance: float, profile: str, n_max: int | None, download: bool, seed: int,
-    image_size: tuple[int, int] | None,
-) -> DatasetBundle:
+def _build_listfile(req: DatasetRequest) -> DatasetBundle:
     """``listfile:TRAIN.txt,TEST.txt[,VAL.txt]``: any ``path label`` lists (see :func:`read_listfile`); with a
     VAL list the search validates on it, without one it splits its validation off TRAIN."""
-    spec = _need_path(_LISTFILE, data_dir, "TRAIN.txt,TEST.txt")
+    spec = _need_path(_LISTFILE, req.data_dir, "TRAIN.txt,TEST.txt")
     files = [os.path.expanduser(f.strip()) for f in spec.split(",")]
     if len(files) not in (2, 3) or not all(files):
-        raise ValueError(f"listfile takes TRAIN.txt,TEST.txt or TRAIN.txt,TEST.txt,VAL.txt, got {data_dir!r}")
+        raise ValueError(f"listfile takes TRAIN.txt,TEST.txt or TRAIN.txt,TEST.txt,VAL.txt, got {req.data_dir!r}")
     train = read_listfile(files[0])
     test, *val = (read_listfile(f, num_classes=train.num_classes) for f in files[1:])
-    return _streamed(f"{_LISTFILE}:{data_dir}", train, test, val[0] if val else None, imbalance=imbalance,
-                     profile=profile, n_max=n_max, image_size=image_size, source=files[0])
+    return _streamed(f"{_LISTFILE}:{req.data_dir}", train, test, val[0] if val else None, req, source=files[0])
 
 
 # ------------------------------------------------------------------------------------------- factory
@@ -529,7 +459,7 @@ def create_dataset(
     profile: str = "exp",
     n_max: int | None = None,
     download: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     image_size: int | tuple[int, int] | None = None,
 ) -> DatasetBundle:
     """Build a long-tailed dataset by name.
@@ -557,8 +487,8 @@ def create_dataset(
         profile: ``exp``, ``exp_floor`` or ``step`` (see :func:`long_tail_counts`).
         n_max: head-class count (default: dataset-specific, see above).
         download: allow torchvision to download CIFAR (never done otherwise).
-        seed: accepted for API stability; the built-in datasets are deterministic (the same long-tailed
-            subset for every training seed, as in LDAM-DRW / AutoBalance), so it is unused by them.
+        seed: ignored, and never passed to a builder: every built-in dataset is deterministic (the same
+            long-tailed subset for every training seed, as in LDAM-DRW / AutoBalance).
         image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size); for
             the list-file datasets, the crop size (default 224).
 
@@ -569,13 +499,6 @@ def create_dataset(
     if path is not None and kind not in _TAKES_PATH:
         takers = ", ".join(f"{k}:PATH" for k in _TAKES_PATH)
         raise ValueError(f"dataset {kind!r} takes no ':' argument (only {takers} do), got {name!r}")
-    return _DATASETS.create(
-        kind,
-        data_dir=path or data_dir,
-        imbalance=imbalance,
-        profile=profile,
-        n_max=n_max,
-        download=download,
-        seed=seed,
-        image_size=_as_size(image_size),
-    )
+    request = DatasetRequest(data_dir=path or data_dir, imbalance=imbalance, profile=profile, n_max=n_max,
+                             download=download, image_size=_as_size(image_size))
+    return _DATASETS.create(kind, request)

@@ -1,61 +1,37 @@
-"""The parametric loss family ``w_y · CE(Δ ⊙ z + l, y)``, its sharing bases and its baselines."""
+"""The parametric loss family ``w_y · CE(Δ ⊙ z + l, y)``, its sharing bases and its baselines.
+
+- :class:`ParametricCrossEntropy`, :func:`create_loss` (``ce``, ``la``, ``cdt``, ``vs``, ``ldam``, ``ldam-drw``,
+  ``autobalance``; :func:`list_losses`, :func:`list_inits`), :func:`parametric_cross_entropy` (the
+  functional form); :data:`HPARAM_NAMES`: what the upper level can learn.
+- :class:`Sharing`, :func:`create_sharing` (``per_class``, ``groups:K``, ``poly:K``, ``hat:K``;
+  :func:`list_sharings`): how classes share the learned values.
+"""
 
 from ._functional import (
-    adjusted_logits,
-    cdt_scale,
-    drw_weights,
-    la_bias,
-    ldam_margins,
-    log_prior,
     parametric_cross_entropy,
-    to_soft_targets,
+    to_soft_targets,  # noqa: F401  (not public, see below)
 )
 from ._parametric import (
     HPARAM_NAMES,
-    INITS,
-    LOSSES,
-    NEEDS_NORMED_HEAD,
-    PER_CLASS_NAMES,
+    NEEDS_NORMED_HEAD,  # noqa: F401  (not public, see below)
     ParametricCrossEntropy,
     create_loss,
     list_inits,
     list_losses,
 )
-from ._sharing import (
-    Sharing,
-    create_sharing,
-    expand_basis,
-    fit_basis,
-    frequency_dictionary,
-    frequency_groups,
-    list_sharings,
-    per_class,
-)
+from ._sharing import Sharing, create_sharing, list_sharings
 
+# to_soft_targets and NEEDS_NORMED_HEAD are importable here but not public (not in __all__): search.py,
+# hypergrad/_engines.py and integrations/_criterion.py import them through the package; new code imports
+# them from their defining modules.
 __all__ = [
     "HPARAM_NAMES",
-    "INITS",
-    "LOSSES",
-    "NEEDS_NORMED_HEAD",
-    "PER_CLASS_NAMES",
     "ParametricCrossEntropy",
     "Sharing",
-    "adjusted_logits",
-    "cdt_scale",
     "create_loss",
     "create_sharing",
-    "drw_weights",
-    "expand_basis",
-    "fit_basis",
-    "frequency_dictionary",
-    "frequency_groups",
-    "la_bias",
-    "ldam_margins",
     "list_inits",
     "list_losses",
     "list_sharings",
-    "log_prior",
     "parametric_cross_entropy",
-    "per_class",
-    "to_soft_targets",
 ]

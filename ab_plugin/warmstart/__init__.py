@@ -33,41 +33,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._names import STUDY_DB, STUDY_JOURNAL, SUMMARY
-from .pruning import TrialPruningCallback, create_pruner
+from .pruning import TrialPruningCallback
 from .refine import load_warmstart_study, warmstart_config
-from .space import INIT_FAMILIES, SearchSpace, create_sampler, default_trial_epochs, params_to_config
-from .storage import StorageSpec, open_storage, resolve_storage
+from .space import SearchSpace
 from .study import WarmstartResult, run_warmstart
-from .summary import best_trial, summarize_study, write_study_plots
-from .workers import fail_dead_trials
 
 if TYPE_CHECKING:
     from .command import warmstart_command
 
 __all__ = [
-    "INIT_FAMILIES",
-    "STUDY_DB",
-    "STUDY_JOURNAL",
-    "SUMMARY",
     "SearchSpace",
-    "StorageSpec",
     "TrialPruningCallback",
     "WarmstartResult",
-    "best_trial",
-    "create_pruner",
-    "create_sampler",
-    "default_trial_epochs",
-    "fail_dead_trials",
     "load_warmstart_study",
-    "open_storage",
-    "params_to_config",
-    "resolve_storage",
     "run_warmstart",
-    "summarize_study",
     "warmstart_command",
     "warmstart_config",
-    "write_study_plots",
 ]
 
 

@@ -11,16 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ab_plugin.data import (
-    ImageFolderError,
-    create_dataset,
-    list_datasets,
-    long_tail_counts,
-    long_tail_index,
-    scan_imagefolder,
-    split_per_class,
-)
-from ab_plugin.data._datasets import _digits_rgb32
+from ab_plugin.data import ImageFolderError, create_dataset, list_datasets, long_tail_counts, split_per_class
+from ab_plugin.data._datasets import _digits_rgb32, long_tail_index
+from ab_plugin.data._imagefolder import scan_imagefolder
 
 CIFAR_ZIP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpg.zip"
 
@@ -233,3 +226,29 @@ def test_datasets_use_the_registry_idiom():
         create_dataset("digits-lt:3")
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("digits-lt")(lambda **kw: None)
+
+
+def test_a_registered_builder_gets_one_frozen_request():
+    import dataclasses
+
+    from ab_plugin.data import DatasetRequest, _datasets, register_dataset
+
+    seen = []
+
+    @register_dataset("toy-request")
+    def build(request):
+        seen.append(request)
+        return "bundle"
+
+    try:
+        got = create_dataset("toy-request", imbalance=5, profile="step", n_max=7, download=True, seed=3,
+                             image_size=12)
+        create_dataset("toy-request")
+    finally:
+        del _datasets._DATASETS._factories["toy-request"]
+    assert got == "bundle"
+    assert seen == [DatasetRequest(data_dir=None, imbalance=5, profile="step", n_max=7, download=True,
+                                   image_size=(12, 12)), DatasetRequest()]
+    assert "seed" not in {f.name for f in dataclasses.fields(DatasetRequest)}  # the datasets are deterministic
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].n_max = 1

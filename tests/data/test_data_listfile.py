@@ -12,17 +12,10 @@ import torch
 from conftest import write_list_tree
 from PIL import Image
 
-from ab_plugin.data import (
-    IMAGENET_MEAN,
-    CropRecipe,
-    ImageFolderError,
-    ImageFolderIndex,
-    ListFileError,
-    StreamingLoader,
-    create_dataset,
-    read_listfile,
-    split_per_class,
-)
+from ab_plugin.data import ImageFolderError, ImageFolderIndex, ListFileError, create_dataset, split_per_class
+from ab_plugin.data._listfile import read_listfile
+from ab_plugin.data._loader import StreamingLoader
+from ab_plugin.data._recipe import IMAGENET_MEAN, CropRecipe
 
 COUNTS = [6, 3, 2]
 

@@ -10,15 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ab_plugin.data import (
-    ImageData,
-    StreamingLoader,
-    TensorLoader,
-    create_dataset,
-    create_loader,
-    normalize,
-    random_crop_flip,
-)
+from ab_plugin.data import ImageData, TensorLoader, create_dataset, create_loader, normalize, random_crop_flip
+from ab_plugin.data._loader import StreamingLoader
 
 
 def _indexed(n: int, groups: bool = False) -> ImageData:

@@ -135,8 +135,17 @@ def test_pieces_equal_one_mean_loss_and_direct_term():
     a = implicit_grad(whole, val, [theta], [alpha], create_solver("cg", iters=50))
     b = implicit_grad(parts, val, [theta], [alpha], create_solver("cg", iters=50), cache_graphs=True)
     assert _rel(b[0], a[0]) < 1e-8
-    # the direct term alone: with θ frozen at zero val-gradient w.r.t. α it is 2α
-    assert a[0].shape == alpha.shape
+    # the value, by the dense IFT: d val/dα = 2α − (∂²L/∂α∂θ)ᵀ H⁻¹ ∂val/∂θ
+    h = torch.autograd.functional.hessian(lambda t: ((x @ t) ** 2).mean() * alpha.exp().sum() + (t**2).sum(),
+                                          theta.detach())
+    mixed = 2 * (x.T @ (x @ theta.detach())) / x.shape[0] * alpha.detach().exp()  # ∂/∂α of ∇θ L, [3]
+    gv = 2 * (theta.detach().sum() - 1) * torch.ones(3)
+    exact = 2 * alpha.detach() - mixed @ torch.linalg.solve(h, gv)
+    assert _rel(a[0], exact) < 1e-8
+    # the direct term alone is 2α = 1.0: it is the difference to the same problem without α in val
+    no_direct = lambda: (theta.sum() - 1) ** 2  # noqa: E731
+    (c,) = implicit_grad(whole, no_direct, [theta], [alpha], create_solver("cg", iters=50))
+    assert torch.allclose(a[0] - c, torch.tensor([1.0]), rtol=0, atol=1e-10)
 
 
 def test_unrolled_matches_finite_difference_of_same_unroll():
@@ -154,7 +163,11 @@ def test_unrolled_matches_finite_difference_of_same_unroll():
     def val_loss(fm):
         return torch.nn.functional.cross_entropy(fm(xv), yv)
 
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     (got,) = unrolled_grad(model, opt, train_loss, val_loss, [lb], steps=3)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the unroll ran on a functional copy
+    assert not opt.state  # and did not step the real optimizer (no momentum buffers)
 
     def unroll_value(bias):
         import copy
@@ -175,7 +188,6 @@ def test_unrolled_matches_finite_difference_of_same_unroll():
         e[j] = eps
         fd[j] = (unroll_value(lb.detach() + e) - unroll_value(lb.detach() - e)) / (2 * eps)
     assert _rel(got, fd) < 1e-4
-    # the model itself was not changed by the unroll
     assert model.weight.grad is None
 
 

@@ -20,16 +20,13 @@ from ab_plugin.policies import (
     ClassPolicy,
     PolicyFile,
     PolicyFileError,
-    check_num_classes,
     list_zoo,
     load_policy,
-    make_provenance,
-    parse_policy,
-    policy_from_dict,
     policy_from_module,
     policy_to_module,
     save_policy,
 )
+from ab_plugin.policies._file import check_num_classes, make_provenance, parse_policy, policy_from_dict
 
 
 def _policy_file(c: int = 3, *, module: ClassPolicy | None = None) -> PolicyFile:

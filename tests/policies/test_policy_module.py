@@ -9,7 +9,8 @@ import torch
 from torch.func import functional_call
 from torchvision.transforms.v2 import functional as TF
 
-from ab_plugin.policies import DEFAULT_OPS, OPS, ClassPolicy, _ops, create_policy
+from ab_plugin.policies import OPS, ClassPolicy, _ops, create_policy
+from ab_plugin.policies._policy import DEFAULT_OPS
 
 ALL_OPS = tuple(OPS)
 

@@ -20,11 +20,10 @@ from ab_plugin.policies import (
     PerClassTransformV2,
     PolicyFile,
     PolicyFileError,
-    plot_policy_heatmap,
     policy_from_module,
-    policy_table,
     save_policy,
 )
+from ab_plugin.policies._display import plot_policy_heatmap, policy_table
 
 
 def _module(p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness", "rotate"), crop_flip: bool = False):

@@ -21,7 +21,7 @@ def test_a_search_result_saves_a_policy_that_retrains(tiny_bundle, tmp_path):
     assert pf.classes == res.classes and pf.class_counts == res.class_counts
     assert pf.loss == {k: res.alpha[k] for k in ("class_weight", "logit_bias", "logit_scale")}
     prov = pf.provenance
-    assert prov["dataset"] == "blobs" and prov["epochs"] == 2 and prov["sharing"] == "poly:3"
+    assert prov["dataset"] == "blobs" and prov["epochs"] == 2 and prov["sharing"] == Config().sharing
     assert prov["test_metrics"]["balanced_error"] == res.test_metrics["balanced_error"]
     loss = fixed_loss_from_alpha(pf.loss)
     assert torch.allclose(loss.logit_bias, torch.tensor(res.alpha["logit_bias"]))

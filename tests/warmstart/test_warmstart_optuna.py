@@ -23,18 +23,11 @@ import yaml
 from click.testing import CliRunner
 
 from ab_plugin import Config
-from ab_plugin.warmstart import (
-    STUDY_DB,
-    SearchSpace,
-    create_pruner,
-    load_warmstart_study,
-    open_storage,
-    params_to_config,
-    resolve_storage,
-    run_warmstart,
-    warmstart_command,
-    warmstart_config,
-)
+from ab_plugin.warmstart import SearchSpace, load_warmstart_study, run_warmstart, warmstart_command, warmstart_config
+from ab_plugin.warmstart._names import STUDY_DB
+from ab_plugin.warmstart.pruning import create_pruner
+from ab_plugin.warmstart.space import params_to_config
+from ab_plugin.warmstart.storage import open_storage, resolve_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TS = optuna.trial.TrialState
@@ -96,7 +89,8 @@ def test_trials_are_pruned_early_and_the_study_completes(pruned_study):
     complete = [t for t in trials if t.state == TS.COMPLETE]
     assert complete and all(sorted(t.intermediate_values) == [1, 2] for t in complete)
     # the known-good points came first, LA τ = 1 as trial 0, with the base upper_lr / val_fraction
-    assert trials[0].params == {"init": "la", "tau": 1.0, "upper_lr": Config().upper_lr, "val_fraction": 0.2}
+    base = {"upper_lr": LEARNS.upper_lr, "val_fraction": LEARNS.val_fraction}
+    assert trials[0].params == {"init": "la", "tau": 1.0, **base}
     assert [t.params["init"] for t in trials[:3]] == ["la", "vs", "cdt"]
 
 

@@ -48,7 +48,7 @@ class RunFolderError(ValueError):
 
 def load_bundle(cfg: Config, download: bool = False) -> DatasetBundle:
     return create_dataset(cfg.dataset, data_dir=cfg.data_dir, imbalance=cfg.imbalance, profile=cfg.profile,
-                          n_max=cfg.n_max, download=download, seed=cfg.seed, image_size=cfg.image_size)
+                          n_max=cfg.n_max, download=download, image_size=cfg.image_size)
 
 
 def check_inputs(cfg: Config, bundle: DatasetBundle) -> None:

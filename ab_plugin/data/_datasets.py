@@ -459,7 +459,6 @@ def create_dataset(
     profile: str = "exp",
     n_max: int | None = None,
     download: bool = False,
-    seed: int | None = None,
     image_size: int | tuple[int, int] | None = None,
 ) -> DatasetBundle:
     """Build a long-tailed dataset by name.
@@ -487,8 +486,6 @@ def create_dataset(
         profile: ``exp``, ``exp_floor`` or ``step`` (see :func:`long_tail_counts`).
         n_max: head-class count (default: dataset-specific, see above).
         download: allow torchvision to download CIFAR (never done otherwise).
-        seed: ignored, and never passed to a builder: every built-in dataset is deterministic (the same
-            long-tailed subset for every training seed, as in LDAM-DRW / AutoBalance).
         image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size); for
             the list-file datasets, the crop size (default 224).
 

@@ -241,8 +241,7 @@ def test_a_registered_builder_gets_one_frozen_request():
         return "bundle"
 
     try:
-        got = create_dataset("toy-request", imbalance=5, profile="step", n_max=7, download=True, seed=3,
-                             image_size=12)
+        got = create_dataset("toy-request", imbalance=5, profile="step", n_max=7, download=True, image_size=12)
         create_dataset("toy-request")
     finally:
         del _datasets._DATASETS._factories["toy-request"]

@@ -50,10 +50,11 @@ class GroupedCommand(click.Command):
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
+        given = list(args)  # click consumes ``args`` while parsing
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as e:
-            report_usage_error(e, args)
+            report_usage_error(e, given)
             raise
 
 

@@ -247,6 +247,7 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
     check_inputs(cfg, bundle)
+    _check_data(cfg, bundle)
     with _ranks(cfg), run_folder(out_p, cfg, command=f"baseline {name}", resume=resume, overwrite=overwrite), \
             _progress(fmt, quiet) as progress:
         results = run_baseline(out_p, name, cfg, bundle, [RichProgress(progress, name, cfg)])
@@ -330,7 +331,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     model.load_state_dict(ck["model"])
     device = resolve_device(cfg.device)
     m = evaluate_model(model.to(device), bundle.test, mean=bundle.mean, std=bundle.std, device=device,
-                       channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.workers,
+                       channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.loader_workers,
                        train_counts=bundle.train.class_counts().tolist()).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}
     emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,15 +154,21 @@ class Config:
     device: str = _opt("auto", group="run", help="auto (cuda when there is one), cpu, cuda or cuda:N")
     amp: bool = _opt(False, group="run", help="mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU")
     channels_last: bool = _opt(True, group="run", help="channels-last memory layout of the model and its inputs")
-    workers: int = _opt(4, group="run", range=(0, 1024), help=(
+    workers: int | None = _opt(None, group="run", range=(0, 1024), help=(
         "DataLoader processes decoding a list-file dataset's JPEGs (in-memory datasets need none; 0: decode "
-        "in the main process)"))
+        "in the main process) [default: min(4, the CPU cores this process may use), decided on the machine "
+        "that runs, so a saved config.yaml says null]"))
     seed: int = _opt(0, group="run", range=(0, 2**32 - 1), help=(
         "random seed of the data split, the model's initial weights and the batch order"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+
+    @property
+    def loader_workers(self) -> int:
+        """DataLoader worker processes a run uses: ``workers``, or :func:`default_workers` when it is unset."""
+        return default_workers() if self.workers is None else self.workers
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -223,7 +230,8 @@ class Config:
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")
         need(self.image_size is None or self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
-        need(self.workers >= 0, f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        need(self.workers is None or self.workers >= 0,
+             f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
         need(self.lr > 0 and self.upper_lr >= 0, "learning rates must be positive")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")
@@ -255,6 +263,16 @@ class Config:
         known("sharing", self.sharing.partition(":")[0], list_sharings())
         for name in self.learn:
             known("learn", name, list(HPARAM_NAMES))
+
+
+def default_workers() -> int:
+    """DataLoader workers when ``--workers`` is not given: min(4, the CPU cores this process may use), so
+    PyTorch never warns that a loader has more workers than the machine has cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def _bound(x: float) -> str:

@@ -256,3 +256,36 @@ def test_a_search_with_zero_hyper_steps_warns_that_alpha_was_not_learned(tmp_pat
 def test_a_search_with_hyper_steps_does_not_warn(finished_run):
     out, _ = finished_run
     assert json.loads((out / "result.json").read_text())["stages"]["search"]["hyper_steps"] > 0
+
+
+# --- issue 26 item 15: --workers defaults to what the machine has -------------------------------------------------
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def test_workers_default_to_the_cores_this_process_may_use_and_are_saved_unset(finished_run):
+    out, _ = finished_run
+    cfg = Config()
+    assert cfg.workers is None and cfg.loader_workers == min(4, _cores())
+    assert Config(workers=0).loader_workers == 0 and Config(workers=7).loader_workers == 7
+    assert yaml.safe_load((out / "config.yaml").read_text())["workers"] is None  # machine-independent
+    text = re.sub(r"\s+", " ", _invoke("search", "--help")[1])
+    assert "min(4, the CPU cores this process may use)" in text
+
+
+def test_a_list_file_run_with_default_workers_gets_no_worker_warning(tmp_path):
+    from conftest import write_list_tree
+
+    root = write_list_tree(tmp_path / "lt", [12, 6, 3])
+    args = ["search", "--dataset", f"imagenet-lt:{root}", "--backbone", "resnet20", "--epochs", "1", "--batch-size",
+            "8", "--image-size", "16", "--device", "cpu", "--quiet", "--no-retrain", "--compare", "",
+            "--upper-start", "0", "--interval", "1"]
+    code, _, stderr = _invoke(*args, "--out", str(tmp_path / "run"), "--format", "json")
+    assert code == 0, stderr
+    assert "worker" not in stderr, stderr
+    if _cores() < 4:  # the old default of 4 workers: PyTorch's warning, which the default now avoids
+        code, _, stderr = _invoke(*args, "--workers", "4", "--out", str(tmp_path / "run4"), "--format", "json")
+        assert code == 0 and "worker" in stderr, stderr

@@ -232,17 +232,11 @@ class Config:
         need(self.image_size is None or self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
         need(self.workers is None or self.workers >= 0,
              f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
-        need(self.lr > 0 and self.upper_lr >= 0, "learning rates must be positive")
+        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(self.upper_lr >= 0, f"--upper-lr must be >= 0 (0: α stays at its init), got {self.upper_lr}")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")
         need(self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {self.max_bad_steps}")
-        for f in dataclasses.fields(self):
-            if "range" not in f.metadata:
-                continue
-            lo, hi = f.metadata["range"]
-            v = getattr(self, f.name)
-            need(v is None or lo <= v <= hi,
-                 f"--{f.name.replace('_', '-')} must be in [{_bound(lo)}, {_bound(hi)}], got {v}")
         need(all(0 < m < 1 for m in self.milestones),
              f"milestones are fractions in (0, 1), got {list(self.milestones)}")
         need(self.schedule in ("cosine", "step"), f"--schedule must be cosine or step, got {self.schedule!r}")
@@ -250,6 +244,7 @@ class Config:
         for name in ("augment_init_probability", "augment_init_magnitude"):
             v = getattr(self, name)
             need(0 < v < 1, f"--{name.replace('_', '-')} must be in the open interval (0, 1), got {v}")
+        need(self.augment_entropy >= 0, f"--augment-entropy must be >= 0, got {self.augment_entropy}")
         need(self.augment_hypergrad in ("head", "backbone"),
              f"--augment-hypergrad must be head or backbone, got {self.augment_hypergrad!r}")
         need(self.upper_optimizer in ("adam", "sgd"),
@@ -263,6 +258,13 @@ class Config:
         known("sharing", self.sharing.partition(":")[0], list_sharings())
         for name in self.learn:
             known("learn", name, list(HPARAM_NAMES))
+        for f in dataclasses.fields(self):
+            if "range" not in f.metadata:
+                continue
+            lo, hi = f.metadata["range"]
+            v = getattr(self, f.name)
+            need(v is None or lo <= v <= hi,
+                 f"--{f.name.replace('_', '-')} must be in [{_bound(lo)}, {_bound(hi)}], got {v}")
 
 
 def default_workers() -> int:

@@ -253,6 +253,15 @@ def test_a_search_with_zero_hyper_steps_warns_that_alpha_was_not_learned(tmp_pat
     assert len(warning) == 1 and "not a learned one" in warning[0], stderr
 
 
+def test_an_impossible_imbalance_is_reported_with_the_real_ratio(tmp_path):
+    code, _, stderr = _invoke("search", *QUICK, "--imbalance", "1e9", "--out", str(tmp_path / "run"))
+    assert code == 0, stderr
+    counts = json.loads((tmp_path / "run" / "result.json").read_text())["class_counts"]
+    real = max(counts) / min(counts)
+    assert real < 1e3  # what the data could give
+    assert f"(imbalance {real:.3g}, asked 1e+09)" in stderr
+
+
 def test_a_search_with_hyper_steps_does_not_warn(finished_run):
     out, _ = finished_run
     assert json.loads((out / "result.json").read_text())["stages"]["search"]["hyper_steps"] > 0

@@ -302,7 +302,8 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @option("--stage", default=None,
-        help="which stage's model to evaluate (retrain, search, baseline-ce...) [default: retrain, else search]")
+        help="which stage's model to evaluate (retrain, search, baseline-ce...) "
+             "[default: retrain, else search, else a baseline]")
 @command_options
 def evaluate(run: str, stage: str | None, fmt: str) -> None:
     """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error; many / medium /

@@ -49,8 +49,9 @@ def _opt(default: Any = dataclasses.MISSING, *, group: str, help: str, range: tu
 
 @dataclass
 class Config:
-    """Every knob of a training, search or retrain run. Units: epochs are whole passes over the
-    training split; ``*_at`` / ``upper_*`` fractions are of the run's total epochs or hyper-steps."""
+    """Every knob of a training, search or retrain run. Each field's ``metadata["help"]`` says what it does and
+    in which unit (epochs are whole passes over the training split; fractions such as ``upper_start`` are of
+    the run's epochs, ``upper_average`` of its hyper-steps); ``--help`` shows the same text."""
 
     # data
     dataset: str = _opt("digits-lt", group="data", help=(

@@ -224,6 +224,8 @@ def test_oversized_values_are_refused_in_the_python_api():
     (["show", "{tmp}/missing.json"], "missing.json", 2),
     (["evaluate", "{tmp}"], "is not a run folder", 2),
     (["baseline", "la", "--tau", "nan", "--out", "{tmp}/b"], "config key 'tau' must be a finite number", 2),
+    (["warmstart", "--seed", "-1", "--out", "{tmp}/b"], "--seed must be in [0, 4294967295], got -1", 2),
+    (["retrain", "{tmp}/nothing", "--out", "{tmp}/b"], "does not exist", 2),
 ])
 def test_format_json_prints_one_error_document_on_failure(tmp_path, args, msg, exit_code):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -17,7 +17,7 @@ import click
 
 from .config import GROUPS, Config
 
-# Config fields exposed as options; the rest stay reachable through --config YAML.
+# Config fields without an option: reachable through --config YAML only.
 _HIDDEN = {"engine_options", "milestones"}
 
 #: ``--help`` sections: the config groups, then the command's own options.
@@ -62,7 +62,7 @@ def torchrun_rank() -> int:
     """This process's rank as ``torchrun`` announces it in the environment (0 outside torchrun): known before
     any process group starts, so only rank 0 prints an error."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
     except ValueError:
         return 0
 

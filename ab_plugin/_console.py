@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ._options import GroupedOption, error_document, torchrun_rank
 from .callbacks import TrainerCallback
 from .config import Config
 
@@ -42,27 +43,46 @@ def command_options(fn: Callable | None = None, *, stopped: str = "",
     if fn is None:
         return functools.partial(command_options, stopped=stopped, user_error=user_error)
 
-    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                  help="table: rich output; json: one JSON document on stdout for scripts")
-    @click.option("--debug", is_flag=True, help="show the full traceback on errors")
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", cls=GroupedOption,
+                  group="output", help='table: rich tables and progress bars on the terminal; json: one JSON '
+                                       'document on stdout for scripts (on failure: {"error": ..., "exit_code": ...})')
+    @click.option("--debug", is_flag=True, cls=GroupedOption, group="output",
+                  help="show the full Python traceback of an error instead of its one-line message")
     @functools.wraps(fn)
     def wrapper(*args: Any, fmt: str, debug: bool, **kwargs: Any) -> Any:
+        # under torchrun every rank runs this command: rank 0 alone reports an error (known from the
+        # environment, before any process group starts); every rank exits with the same code
+        speaks = torchrun_rank() == 0
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _show_warning
                 return fn(*args, fmt=fmt, **kwargs)
         except KeyboardInterrupt as e:
             # a run folder's KeyboardInterrupt says what was saved (see ab_plugin.runs.run_folder)
-            click.echo(str(e) or ("stopped: " + stopped if stopped else "stopped"), err=True)
+            msg = str(e) or ("stopped: " + stopped if stopped else "stopped")
+            if speaks:
+                _fail_json(fmt, msg, 130)
+                click.echo(msg, err=True)
             sys.exit(130)
         except Exception as e:
-            if debug or not user_error(e):
-                raise
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
+            if debug or not user_error(e):
+                if speaks:
+                    _fail_json(fmt, f"{type(e).__name__}: {msg}", 1)
+                raise
+            if speaks:
+                _fail_json(fmt, msg, 2)
+                click.echo(f"error: {msg}", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _fail_json(fmt: str, message: str, exit_code: int) -> None:
+    """Under ``--format json``, a failed command's one JSON document on stdout (none was printed before it:
+    a command emits its result last, see :func:`emit`)."""
+    if fmt == "json":
+        click.echo(error_document(message, exit_code))
 
 
 def warn(message: str) -> None:

@@ -9,12 +9,23 @@ from typing import Any
 import click
 
 from ._console import RichProgress, command_options, console, emit, make_progress, warn
-from ._options import _resolve_config, config_options
+from ._options import GroupedCommand, GroupedOption, config_options, resolve_config
 from .config import Config
 from .losses import list_losses
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Commands(click.Group):
+    """The ``ab-plugin`` group: its commands show their options in sections (:class:`GroupedCommand`)."""
+
+    command_class = GroupedCommand
+
+
+def option(*names: str, **kwargs: Any) -> Any:
+    """``click.option`` of a command's own options (run folder, resume...): the "Command" section of --help."""
+    return click.option(*names, cls=GroupedOption, **kwargs)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="ab-plugin")
 def main() -> None:
     """AutoBalance: learn the loss (and per-class augmentation) for imbalanced classification.
@@ -27,6 +38,8 @@ def main() -> None:
 
 
 def _render_run(out: Path, summary: dict[str, Any], plots: list[Path], fmt: str, title: str) -> None:
+    """Print a finished run (table or JSON) and its warnings; fail when a stage skipped most of its steps
+    (under ``--format json`` before printing, so stdout holds one document: the error)."""
     from .report import per_class_table, summary_table
 
     stages = summary["stages"]
@@ -36,8 +49,32 @@ def _render_run(out: Path, summary: dict[str, Any], plots: list[Path], fmt: str,
         console.print(per_class_table(summary))
         console.print(f"run folder: [bold]{out}[/]  (result.json, policy.json, {', '.join(p.name for p in plots)})")
 
-    emit(fmt, summary, render)
-    _check_skipped(stages)
+    _check_hyper_steps(stages)
+    if fmt == "json":
+        _check_skipped(stages)
+        emit(fmt, summary, render)
+    else:
+        emit(fmt, summary, render)
+        _check_skipped(stages)
+
+
+def _check_hyper_steps(stages: dict[str, dict[str, Any]]) -> None:
+    """A search that took no hyper-step learned nothing: its α (and policy) are the starting values."""
+    search = stages.get("search")
+    if search is not None and search.get("hyper_steps", 0) == 0:
+        warn(f"the search took 0 hyper-steps in its {search.get('steps', 0)} lower steps, so α (and any learned "
+             "policy) is its starting value, not a learned one: give the upper level steps (more --epochs, "
+             "a smaller --batch-size, --upper-start or --interval)")
+
+
+def _title(cfg: Config, summary: dict[str, Any]) -> str:
+    """The report's title, with the imbalance the training set really has (max / min class count)."""
+    from .report import imbalance_of
+
+    counts = summary.get("class_counts")
+    real = imbalance_of(counts) if counts else cfg.imbalance
+    asked = "" if abs(real - cfg.imbalance) <= 0.05 * cfg.imbalance else f", asked {cfg.imbalance:g}"
+    return f"{cfg.dataset} (imbalance {real:.3g}{asked}), {cfg.backbone}"
 
 
 def _finish_run(out: Path, results: dict[str, Any]) -> tuple[dict[str, Any], list[Path]] | None:
@@ -106,20 +143,22 @@ def _baselines(compare: str) -> list[str]:
 
 @main.command()
 @config_options
-@click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True,
-              help="run folder")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
-@click.option("--retrain/--no-retrain", "do_retrain", default=True, show_default=True,
-              help="after the search, retrain a fresh model on train + validation with α* fixed")
-@click.option("--compare", default="ce", show_default=True,
-              help="comma list of baselines trained alongside for the report (e.g. ce,la); '' for none")
-@click.option("--download", is_flag=True, help="allow torchvision to download CIFAR into --data-dir")
-@click.option("--quiet", is_flag=True, help="no progress bars")
-@click.option("--warmstart", default=None, metavar="STUDY|N",
-              help="start from the best trial of a warm-start study: a warmstart run folder, a study name "
-                   "(with --warmstart-storage), or N to run an N-trial study in OUT/warmstart first")
-@click.option("--warmstart-storage", default=None, help="database URL of a --warmstart study name")
+@option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True,
+        help="run folder the run writes (config.yaml, checkpoints, result.json, policy.json, plots)")
+@option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, with its own settings")
+@option("--overwrite", is_flag=True, help="replace a different run already in --out (kept until the new one "
+                                           "has saved its first checkpoint)")
+@option("--retrain/--no-retrain", "do_retrain", default=True, show_default=True,
+        help="after the search, retrain a fresh model on train + validation with α* fixed")
+@option("--compare", default="ce", show_default=True,
+        help="comma list of baselines (fixed losses) trained alongside for the report (e.g. ce,la); '' for none")
+@option("--download", is_flag=True, help="allow torchvision to download CIFAR into --data-dir")
+@option("--quiet", is_flag=True, help="no progress bars (the result is still printed)")
+@option("--warmstart", default=None, metavar="STUDY|N",
+        help="start from the best trial of a warm-start study: a warmstart run folder, a study name "
+             "(with --warmstart-storage), or N to run an N-trial study in OUT/warmstart first")
+@option("--warmstart-storage", default=None,
+        help="database URL of the study that --warmstart names (e.g. sqlite:///ws.db, postgresql://...)")
 @command_options
 def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: str, download: bool, quiet: bool,
            warmstart: str | None, warmstart_storage: str | None, fmt: str, **kwargs: Any) -> None:
@@ -139,7 +178,7 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     resume = _resuming(resume, out_p)
     saved, saved_cfg = _saved_options(out_p, resume)
     # --resume alone continues with the run's own settings, --compare and --no-retrain included
-    cfg = _resolve_config(kwargs, saved_cfg)
+    cfg = resolve_config(kwargs, saved_cfg)
     baselines = _baselines(compare) if _given("compare") or "compare" not in saved else list(saved["compare"])
     do_retrain = do_retrain if _given("do_retrain") or "retrain" not in saved else bool(saved["retrain"])
     if warmstart:
@@ -156,10 +195,7 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
                              callbacks_for=lambda stage, c: [RichProgress(progress, stage, c)])
         done = _finish_run(out_p, results)
     if done:
-        from .report import imbalance_of
-
-        _render_run(out_p, *done, fmt, f"{cfg.dataset} (imbalance {imbalance_of(done[0]['class_counts']):.4g}), "
-                                        f"{cfg.backbone}")
+        _render_run(out_p, *done, fmt, _title(cfg, done[0]))
 
 
 def _check_backbone(cfg: Config) -> None:
@@ -177,11 +213,13 @@ def _check_backbone(cfg: Config) -> None:
 @main.command()
 @click.argument("name", type=click.Choice([n for n in list_losses() if n != "autobalance"]))
 @config_options
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder [default: runs/NAME]")
-@click.option("--resume", is_flag=True, help="continue the run in --out")
-@click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
-@click.option("--download", is_flag=True, help="allow torchvision to download CIFAR")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@option("--out", type=click.Path(file_okay=False), default=None,
+        help="run folder the baseline writes (config.yaml, checkpoint, result.json, policy.json) [default: runs/NAME]")
+@option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, with its own settings")
+@option("--overwrite", is_flag=True, help="replace a different run already in --out (kept until the new one "
+                                           "has saved its first checkpoint)")
+@option("--download", is_flag=True, help="allow torchvision to download CIFAR into --data-dir")
+@option("--quiet", is_flag=True, help="no progress bars (the result is still printed)")
 @command_options
 def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download: bool, quiet: bool, fmt: str,
              **kwargs: Any) -> None:
@@ -196,7 +234,7 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
 
     out_p = Path(out or f"runs/{name}")
     resume = _resuming(resume, out_p)
-    cfg = _resolve_config(kwargs, _saved_options(out_p, resume)[1]).replace(loss=name)
+    cfg = resolve_config(kwargs, _saved_options(out_p, resume)[1]).replace(loss=name)
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
     check_inputs(cfg, bundle)
@@ -211,10 +249,12 @@ def baseline(name: str, out: str | None, resume: bool, overwrite: bool, download
 @main.command(name="retrain")
 @click.argument("source", type=click.Path(exists=True))
 @config_options
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="run folder for the retrain")
-@click.option("--resume", is_flag=True, help="continue the retrain in --out")
-@click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@option("--out", type=click.Path(file_okay=False), required=True,
+        help="run folder the retrain writes (config.yaml, retrain/, result.json, policy.json)")
+@option("--resume", is_flag=True, help="continue the retrain in --out from its last checkpoint")
+@option("--overwrite", is_flag=True, help="replace a different run already in --out (kept until the new one "
+                                           "has saved its first checkpoint)")
+@option("--quiet", is_flag=True, help="no progress bars (the result is still printed)")
 @command_options
 def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: bool, fmt: str, **kwargs: Any) -> None:
     """Retrain a fresh model with α fixed, from a run folder or a policy file.
@@ -231,7 +271,7 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     src, out_p = Path(source), Path(out)
     resume = _resuming(resume, out_p)
     base = _saved_options(out_p, resume)[1] or (read_run(src)[2] if src.is_dir() else None)
-    cfg = _resolve_config(kwargs, base)
+    cfg = resolve_config(kwargs, base)
     pf = load_policy(src / POLICY if src.is_dir() else src)
     _check_backbone(cfg)
     bundle = load_bundle(cfg)
@@ -250,7 +290,9 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--stage", default=None, help="which stage's model (retrain, search, baseline-ce...) [default: last]")
+@option("--stage", default=None,
+        help="which stage's model to evaluate (retrain, search, baseline-ce...) "
+             "[default: retrain, else search, else a baseline]")
 @command_options
 def evaluate(run: str, stage: str | None, fmt: str) -> None:
     """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error; many / medium /
@@ -259,7 +301,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     from .io import load_checkpoint
     from .report import summary_table
     from .runs import load_bundle, read_run
-    from .search import _model
+    from .search import build_model
     from .trainer import resolve_device
 
     run_p = Path(run)
@@ -275,11 +317,11 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     ck = load_checkpoint(run_p / stage / "checkpoint.pt")
     bundle = load_bundle(Config.from_dict(ck["config"]))
     loss_name = stage.removeprefix("baseline-") if stage.startswith("baseline-") else "autobalance"
-    model = _model(cfg, bundle.train.num_classes, loss_name)
+    model = build_model(cfg, bundle.train.num_classes, loss_name)
     model.load_state_dict(ck["model"])
     device = resolve_device(cfg.device)
     m = evaluate_model(model.to(device), bundle.test, mean=bundle.mean, std=bundle.std, device=device,
-                       channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.workers,
+                       channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.loader_workers,
                        train_counts=bundle.train.class_counts().tolist()).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}
     emit(fmt, summary, lambda: console.print(summary_table(f"{run} ({stage})", {stage: summary})))
@@ -287,7 +329,8 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="policy file to write (.json)")
+@option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+        help="policy file to write (versioned JSON, .json); retrain and show read it")
 @command_options
 def export(run: str, output: str, fmt: str) -> None:
     """Export a finished run's α* and per-class augmentation as a policy file (versioned JSON)."""
@@ -304,8 +347,8 @@ def export(run: str, output: str, fmt: str) -> None:
 
 @main.command()
 @click.argument("policy", type=str)
-@click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
-              help="PNG heat map path [default: beside the file, *.png]")
+@option("--heatmap", type=click.Path(dir_okay=False), default=None,
+        help="where to write the PNG heat map of the per-class augmentation [default: beside the file, *.png]")
 @command_options
 def show(policy: str, heatmap: str | None, fmt: str) -> None:
     """Show a policy file (or a zoo name): per-class w, l, Δ and augmentation, plus a PNG heat map."""

@@ -1,87 +1,175 @@
-"""Run configuration: one dataclass, loadable from YAML (safe) and overridable from the CLI."""
+"""Run configuration: one dataclass, loadable from YAML (safe) and overridable from the CLI.
+
+Every field carries its explanation in ``metadata``: ``help`` (what it does, its unit), ``group`` (the
+section of ``--help`` it shows in) and, for numbers, ``range`` (the inclusive bounds ``validate`` checks).
+The command-line options (:mod:`ab_plugin._options`) are generated from these fields, so the text lives here
+only once.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+#: Sections of ``--help``, in order (the way timm's ``train.py`` groups its options).
+GROUPS = {
+    "data": "Dataset",
+    "model": "Model",
+    "lower": "Lower level: optimizer and learning-rate schedule",
+    "augment": "Augmentation",
+    "loss": "Loss family (α and its initialisation)",
+    "upper": "Upper level: the search of α",
+    "run": "Run and device",
+}
+
+#: Keys a run folder's ``config.yaml`` holds beside the config (the command and its options): ``--config``
+#: accepts such a file as it is and ignores them.
+RUN_KEYS = ("command", "options")
+
+#: Limits on what a config value may hold (a YAML alias bomb expands far beyond them).
+MAX_STR = 4096
+MAX_ITEMS = 256
+MAX_INT = 2**53
+
+
+def _opt(default: Any = dataclasses.MISSING, *, group: str, help: str, range: tuple[float, float] | None = None,
+         factory: Any = dataclasses.MISSING) -> Any:
+    meta = {"help": help, "group": group, **({"range": range} if range else {})}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class Config:
-    """Every knob of a training, search or retrain run. Units: epochs are whole passes over the
-    training split; ``*_at`` fractions are of the run's total epochs."""
+    """Every knob of a training, search or retrain run. Each field's ``metadata["help"]`` says what it does and
+    in which unit (epochs are whole passes over the training split; fractions such as ``upper_start`` are of
+    the run's epochs, ``upper_average`` of its hyper-steps); ``--help`` shows the same text."""
 
     # data
-    dataset: str = "digits-lt"
-    data_dir: str | None = None
-    imbalance: float = 100.0
-    profile: str = "exp"
-    n_max: int | None = None
-    val_fraction: float = 0.2
-    val_min_per_class: int = 1  # validation images per class at least (never more than half a class)
-    # list-file datasets: the recipe's crop size (default 224); the others: resize every image to it (default: as is)
-    image_size: int | None = None
-    # model and lower level
-    backbone: str = "resnet32"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
-    schedule: str = "cosine"  # cosine | step
-    milestones: tuple[float, ...] = (0.733, 0.867)  # step schedule: ×0.1 at these fractions
-    # fixed (crop + flip) | generic (one learned policy for all classes) | learned (per-class policy, PDA) | none
-    augment: str = "fixed"
-    # generic / learned: every op starts near the identity (rarely applied, weak) and the upper level grows it
-    augment_init_probability: float = 0.1
-    augment_init_magnitude: float = 0.1
-    augment_entropy: float = 0.0  # generic / learned: weight of the gate-entropy bonus on the upper objective
-    # generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), or plus
-    # the backbone's response to A, its inverse curvature taken as lr x interval (backbone: ~3 steps per hyper-step)
-    augment_hypergrad: str = "backbone"
+    dataset: str = _opt("digits-lt", group="data", help=(
+        "dataset to train on: a registered name, imagefolder:PATH (train/ and test/ folders of class folders), "
+        "imagenet-lt:ROOT or listfile:TRAIN.txt,TEST.txt"))
+    data_dir: str | None = _opt(None, group="data", help=(
+        "folder holding (or receiving, with --download) the torchvision datasets such as CIFAR"))
+    imbalance: float = _opt(100.0, group="data", help=(
+        "imbalance ratio: images of the largest class / images of the smallest (>= 1) when the dataset is "
+        "subsampled into a long tail"))
+    profile: str = _opt("exp", group="data", help=(
+        "shape of the long tail between the largest and smallest class: exp (exponential), exp_floor or step"))
+    n_max: int | None = _opt(None, group="data", range=(1, 10**9), help=(
+        "training images of the largest class after subsampling [default: all the dataset has]"))
+    val_fraction: float = _opt(0.2, group="data", help=(
+        "fraction (0, 1) of each class's training images held out as the search's validation split"))
+    val_min_per_class: int = _opt(1, group="data", range=(1, 10**6), help=(
+        "validation images per class at least (never more than half a class)"))
+    image_size: int | None = _opt(None, group="data", range=(1, 8192), help=(
+        "pixels (square): list-file datasets' crop size (default 224); the others: resize every image to it "
+        "(default: as it is)"))
+    # model
+    backbone: str = _opt("resnet32", group="model", help=(
+        "network: resnet20 | resnet32 | resnet44 | resnet56 | resnet110 (CIFAR ResNets) or any timm model name"))
+    # lower level
+    epochs: int = _opt(30, group="lower", range=(1, 100_000), help=(
+        "passes over the training split, for the search and for each retrain / baseline"))
+    batch_size: int = _opt(64, group="lower", range=(1, 2**20), help="images per lower-level step")
+    lr: float = _opt(0.1, group="lower", help="peak learning rate of the model's SGD (after the warm-up), > 0")
+    momentum: float = _opt(0.9, group="lower", range=(0.0, 1.0), help="SGD momentum of the model, in [0, 1]")
+    weight_decay: float = _opt(5e-4, group="lower", range=(0.0, math.inf), help=(
+        "L2 weight decay of the model's SGD, >= 0"))
+    warmup_epochs: float = _opt(2.0, group="lower", range=(0.0, math.inf), help=(
+        "epochs over which the learning rate ramps up linearly to --lr (fractions allowed)"))
+    schedule: str = _opt("cosine", group="lower", help=(
+        "learning-rate decay after the warm-up: cosine (to 0 at the end) or step (x0.1 at the milestones)"))
+    milestones: tuple[float, ...] = _opt(group="lower", factory=lambda: (0.733, 0.867), help=(
+        "step schedule: x0.1 at these fractions (0, 1) of the epochs"))
+    # augmentation
+    augment: str = _opt("fixed", group="augment", help=(
+        "fixed: crop + flip; generic: one learned policy for all classes; learned: a per-class learned policy "
+        "(PDA); none: no augmentation"))
+    augment_init_probability: float = _opt(0.1, group="augment", help=(
+        "generic / learned: probability (0, 1) each op starts with (near the identity: rarely applied); the "
+        "upper level grows it"))
+    augment_init_magnitude: float = _opt(0.1, group="augment", help=(
+        "generic / learned: strength (0, 1) each op starts with (weak); the upper level grows it"))
+    augment_entropy: float = _opt(0.0, group="augment", range=(0.0, math.inf), help=(
+        "generic / learned: weight (>= 0) of the gate-entropy bonus on the upper objective"))
+    augment_hypergrad: str = _opt("backbone", group="augment", help=(
+        "generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), "
+        "or plus the backbone's response to A, its inverse curvature taken as lr x interval (backbone: about "
+        "3 steps per hyper-step)"))
     # loss family
-    loss: str = "autobalance"  # ce | la | cdt | vs | ldam | ldam-drw | autobalance
-    tau: float = 1.0
-    gamma: float = 0.2
-    init: str = "la"  # autobalance init: neutral | la | cdt | vs
-    learn: tuple[str, ...] = ("logit_bias", "logit_scale")
-    # per_class | groups:K | poly:K | hat:K. A frequency dictionary (the paper's D_π) ties classes of similar
-    # frequency together, so no tail class's handful of validation images sets a value on its own
-    sharing: str = "poly:3"
+    loss: str = _opt("autobalance", group="loss", help=(
+        "loss of the run: autobalance searches α; the others are fixed losses of the family"))
+    tau: float = _opt(1.0, group="loss", range=(0.0, math.inf), help=(
+        "logit-adjustment strength τ >= 0 (LA and VS, and the la / vs inits): bias τ·log(class prior)"))
+    gamma: float = _opt(0.2, group="loss", range=(0.0, math.inf), help=(
+        "CDT / VS exponent γ >= 0: logit scale (class count / largest count)^γ"))
+    init: str = _opt("la", group="loss", help=(
+        "where the search starts α (neutral: no margins; la / cdt / vs: that loss's values from --tau / --gamma)"))
+    learn: tuple[str, ...] = _opt(group="loss", factory=lambda: ("logit_bias", "logit_scale"), help=(
+        "the parts of α the search learns (comma list)"))
+    sharing: str = _opt("poly:3", group="loss", help=(
+        "how classes share α: per_class | groups:K | poly:K | hat:K. A frequency dictionary (the paper's D_π) "
+        "ties classes of similar frequency together, so no tail class's handful of validation images sets a "
+        "value on its own (K: groups, degree or hats, <= the classes)"))
     # upper level
-    objective: str = "balanced"
-    engine: str = "head"  # head | neumann | cg | unrolled
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    upper_start: float = 0.4  # fraction of epochs with α fixed (the paper: 120 / 300)
-    interval: int = 5  # lower steps between hyper-steps (the paper: 20; the head engine is cheap)
-    hyper_batches: int = 10  # training (and, for full engines, validation) batches per hyper-step
-    upper_optimizer: str = "adam"  # adam | sgd
-    # Adam moves each raw α value by about upper_lr per hyper-step, so upper_lr x hyper-steps bounds how far
-    # α can travel from its init. 0.1 with the decay and averaging below lets the neutral init reach LA-sized
-    # margins on a 50-epoch schedule (chosen on protocol Q tuning seed 10, benchmarks/RESULTS.md)
-    upper_lr: float = 0.1
-    upper_momentum: float = 0.9
-    upper_weight_decay: float = 1e-4
-    upper_warmup_epochs: float = 1.0  # the upper lr ramps up linearly over this many epochs of hyper-steps
-    upper_decay: bool = True  # scale the upper lr by the lower schedule (lr / peak lr), as the paper's code does
-    upper_average: float = 0.25  # α exported as its average over this last fraction of the hyper-steps (0: last α)
-    clip: float = 1.0  # max L2 norm of a hypergradient
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    objective: str = _opt("balanced", group="upper", help="validation objective the search minimises")
+    engine: str = _opt("head", group="upper", help=(
+        "hypergradient engine: head (refit the classifier only; cheap), neumann, cg or unrolled (whole network)"))
+    engine_options: dict[str, Any] = _opt(group="upper", factory=dict, help=(
+        "extra keyword options of the engine (YAML mapping, e.g. {steps: 5})"))
+    upper_start: float = _opt(0.4, group="upper", help=(
+        "fraction [0, 1] of the epochs with α fixed before the search starts moving it (the paper: 120 / 300)"))
+    interval: int = _opt(5, group="upper", range=(1, 10**6), help=(
+        "lower steps between hyper-steps (the paper: 20; the head engine is cheap)"))
+    hyper_batches: int = _opt(10, group="upper", range=(1, 10**4), help=(
+        "training (and, for full engines, validation) batches per hyper-step"))
+    upper_optimizer: str = _opt("adam", group="upper", help="optimizer of α: adam or sgd")
+    upper_lr: float = _opt(0.1, group="upper", range=(0.0, math.inf), help=(
+        "learning rate of α (>= 0). Adam moves each raw α value by about upper_lr per hyper-step, so upper_lr "
+        "x hyper-steps bounds how far α can travel from its init; 0.1 with the decay and averaging lets the "
+        "neutral init reach LA-sized margins on a 50-epoch schedule (protocol Q, benchmarks/RESULTS.md)"))
+    upper_momentum: float = _opt(0.9, group="upper", range=(0.0, 1.0), help=(
+        "momentum of α's SGD (--upper-optimizer sgd), in [0, 1]"))
+    upper_weight_decay: float = _opt(1e-4, group="upper", range=(0.0, math.inf), help=(
+        "weight decay of α's optimizer, >= 0"))
+    upper_warmup_epochs: float = _opt(1.0, group="upper", range=(0.0, math.inf), help=(
+        "epochs of hyper-steps over which the upper learning rate ramps up linearly"))
+    upper_decay: bool = _opt(True, group="upper", help=(
+        "scale the upper learning rate by the lower schedule (lr / peak lr), as the paper's code does"))
+    upper_average: float = _opt(0.25, group="upper", range=(0.0, 1.0), help=(
+        "α is exported as its average over this last fraction [0, 1] of the hyper-steps (0: the last α)"))
+    clip: float = _opt(1.0, group="upper", range=(0.0, math.inf), help=(
+        "largest L2 norm of a hypergradient, >= 0 (0: no clipping)"))
+    max_bad_steps: int = _opt(20, group="upper", range=(1, 10**6), help=(
+        "consecutive non-finite (skipped) steps before the run stops"))
     # run
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = True
-    workers: int = 4  # DataLoader processes decoding a list-file dataset's JPEGs (in-memory datasets need none)
-    seed: int = 0
+    device: str = _opt("auto", group="run", help="auto (cuda when there is one), cpu, cuda or cuda:N")
+    amp: bool = _opt(False, group="run", help="mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU")
+    channels_last: bool = _opt(True, group="run", help="channels-last memory layout of the model and its inputs")
+    workers: int | None = _opt(None, group="run", range=(0, 1024), help=(
+        "DataLoader processes decoding a list-file dataset's JPEGs (in-memory datasets need none; 0: decode "
+        "in the main process) [default: min(4, the CPU cores this process may use), decided on the machine "
+        "that runs, so a saved config.yaml says null]"))
+    seed: int = _opt(0, group="run", range=(0, 2**32 - 1), help=(
+        "random seed of the data split, the model's initial weights and the batch order"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+
+    @property
+    def loader_workers(self) -> int:
+        """DataLoader worker processes a run uses: ``workers``, or :func:`default_workers` when it is unset."""
+        return default_workers() if self.workers is None else self.workers
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -95,30 +183,37 @@ class Config:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}: see `ab-plugin search --help` for the valid ones")
+            shown = ", ".join(_short(k) for k in unknown[:5])
+            raise ValueError(f"unknown config keys [{shown}{', ...' if len(unknown) > 5 else ''}]: see "
+                             "`ab-plugin search --help` for the valid ones")
         cfg = cls(**d)
         cfg.validate()
         return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:
+        """A config file of keys, or a run folder's ``config.yaml`` as it is (its :data:`RUN_KEYS` are
+        ignored). YAML aliases (``*name``) are refused: written out, no config value repeats itself."""
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=_NoAliasLoader) or {}
         except FileNotFoundError:
             raise ValueError(f"config file {path} not found: check the path") from None
+        except _AliasError as e:
+            raise ValueError(f"config file {path} {e}") from None
         except yaml.YAMLError as e:
             raise ValueError(f"config file {path} is not valid YAML ({e.__class__.__name__}): fix its syntax") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys to values")
-        return cls.from_dict(data)
+        return cls.from_dict({k: v for k, v in data.items() if k not in RUN_KEYS})
 
     def validate(self) -> None:
-        """Check values and names (types are checked on construction); a one-line ``ValueError`` names the fix.
+        """Check values and names (types, finiteness and sizes are checked on construction); a one-line
+        ``ValueError`` names the fix.
 
         ``dataset`` is only a label here (the Python API takes any :class:`DatasetBundle`); the commands
         check it against :func:`ab_plugin.data.list_datasets`."""
         from .hypergrad import list_engines
-        from .losses import HPARAM_NAMES, list_losses, list_sharings
+        from .losses import HPARAM_NAMES, list_inits, list_losses, list_sharings
         from .objectives import list_objectives
         from .policies import list_policies
 
@@ -136,8 +231,10 @@ class Config:
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")
         need(self.image_size is None or self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
-        need(self.workers >= 0, f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
-        need(self.lr > 0 and self.upper_lr >= 0, "learning rates must be positive")
+        need(self.workers is None or self.workers >= 0,
+             f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(self.upper_lr >= 0, f"--upper-lr must be >= 0 (0: α stays at its init), got {self.upper_lr}")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")
         need(self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {self.max_bad_steps}")
@@ -156,35 +253,99 @@ class Config:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         known("loss", self.loss, list_losses())
+        known("init", self.init, list_inits())
         known("engine", self.engine, list_engines())
         known("objective", self.objective, list_objectives())
         known("sharing", self.sharing.partition(":")[0], list_sharings())
         for name in self.learn:
             known("learn", name, list(HPARAM_NAMES))
+        for f in dataclasses.fields(self):
+            if "range" not in f.metadata:
+                continue
+            lo, hi = f.metadata["range"]
+            v = getattr(self, f.name)
+            need(v is None or lo <= v <= hi,
+                 f"--{f.name.replace('_', '-')} must be in [{_bound(lo)}, {_bound(hi)}], got {v}")
+
+
+def default_workers() -> int:
+    """DataLoader workers when ``--workers`` is not given: min(4, the CPU cores this process may use), so
+    PyTorch never warns that a loader has more workers than the machine has cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _bound(x: float) -> str:
+    return "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _repr.maxlong = 60
+_repr.maxlist = _repr.maxdict = _repr.maxtuple = 4
+_repr.maxlevel = 2
+
+
+def _short(value: Any) -> str:
+    """A bounded repr: never builds the whole text of a large (or alias-expanded) value."""
+    return _repr.repr(value)
+
+
+def _check_size(name: str, value: Any) -> None:
+    """Refuse a nested value with more than :data:`MAX_ITEMS` items or :data:`MAX_STR` characters, counting
+    without expanding it (a YAML alias bomb references one list a billion times)."""
+    budget = [MAX_ITEMS]
+
+    def walk(v: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 8:
+            raise ValueError(f"config key {name!r} holds too large or deep a value (more than {MAX_ITEMS} items or "
+                             "8 levels, e.g. an expanded YAML alias): write a small mapping of plain values")
+        if isinstance(v, str) and len(v) > MAX_STR:
+            raise ValueError(f"config key {name!r} holds a string of {len(v)} characters (at most {MAX_STR})")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(k, depth + 1)
+                walk(x, depth + 1)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x, depth + 1)
+
+    walk(value, 0)
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
     """``value`` as the field's declared type (ints widen to float, a lone item or a comma list becomes a
-    tuple); anything else is a one-line ``ValueError`` naming the key."""
+    tuple); anything else, a non-finite float, an int beyond ±2**53 or an oversized value is a one-line
+    ``ValueError`` naming the key."""
     kind = annotation.split(" | ")[0]
     if value is None and annotation.endswith("| None"):
         return None
 
     def bad(what: str) -> ValueError:
-        return ValueError(f"config key {name!r} must be {what}, got {value!r:.60} ({type(value).__name__})")
+        return ValueError(f"config key {name!r} must be {what}, got {_short(value)} ({type(value).__name__})")
 
+    _check_size(name, value)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
     if kind == "int":
-        if not (number and float(value).is_integer()):
+        if not (number and (isinstance(value, int) or (math.isfinite(value) and value.is_integer()))):
             raise bad("a whole number")
+        if abs(value) > MAX_INT:
+            raise bad(f"a whole number of at most {MAX_INT:.3g} in size")
         return int(value)
     if kind == "float":
         if not number:
             raise bad("a number")
+        if isinstance(value, int) and abs(value) > MAX_INT**2:
+            raise bad("a finite number")
+        if not math.isfinite(value):
+            raise bad("a finite number (not inf or nan)")
         return float(value)
     if kind == "str":
         if not isinstance(value, str):
@@ -202,3 +363,18 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             raise bad("a mapping of option names to values (e.g. {steps: 5})")
         return dict(value)
     raise TypeError(f"Config field {name!r} has an annotation {annotation!r} that _coerce does not handle")
+
+
+class _AliasError(yaml.YAMLError):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a config needs none, and an alias bomb is made of them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasError(f"uses a YAML alias (*{event.anchor}, line {event.start_mark.line + 1}): write the "
+                              "value out instead")
+        return super().compose_node(parent, index)

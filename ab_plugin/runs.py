@@ -60,6 +60,10 @@ def check_inputs(cfg: Config, bundle: DatasetBundle) -> None:
     n = bundle.train.num_classes
     if n < 2:
         raise ValueError(f"dataset {cfg.dataset!r} has {n} class: imbalanced classification needs at least two")
+    name, _, size = cfg.sharing.partition(":")
+    if name in ("groups", "hat") and size.strip().isdigit() and int(size) > n:
+        raise ValueError(f"--sharing {cfg.sharing} asks for {int(size)} {name} but dataset {cfg.dataset!r} has "
+                         f"{n} classes: use {name}:K with K <= {n} (or per_class)")
     create_sharing(cfg.sharing, bundle.train.class_counts())
     resolve_device(cfg.device)
 

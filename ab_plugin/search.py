@@ -113,8 +113,9 @@ def _unlearned(kind: str) -> str:
     return "fixed" if kind in LEARNED_KINDS else kind
 
 
-def _model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
-    """A fresh backbone, seeded so that every method of one seed starts from the same weights."""
+def build_model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
+    """A fresh ``cfg.backbone`` for ``num_classes`` classes, seeded with ``cfg.seed`` so that every method of
+    one seed starts from the same weights; ``loss_name`` decides whether its head is normed (LDAM)."""
     torch.manual_seed(cfg.seed)
     return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD)
 
@@ -178,7 +179,7 @@ class AutoBalance:
         basis = None if sharing.is_identity else sharing.basis
         policy = create_policy(cfg.augment, train.num_classes, **_policy_options(cfg, basis))
         upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
-        model = model if model is not None else _model(cfg, train.num_classes, "autobalance")
+        model = model if model is not None else build_model(cfg, train.num_classes, "autobalance")
         self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                                upper=upper, run_dir=run_dir, callbacks=callbacks)
         return self.trainer, val
@@ -232,7 +233,7 @@ def retrain(
         policy.load_per_class(augmentation["per_class"])
     else:
         policy = create_policy(_unlearned(cfg.augment), n)
-    model = model if model is not None else _model(cfg, n, "retrain")
+    model = model if model is not None else build_model(cfg, n, "retrain")
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
@@ -253,7 +254,7 @@ def train_baseline(
     counts = bundle.train.class_counts()
     loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
     policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)
-    model = model if model is not None else _model(cfg, bundle.train.num_classes, name)
+    model = model if model is not None else build_model(cfg, bundle.train.num_classes, name)
     trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)

@@ -103,7 +103,7 @@ class Trainer:
         model: a classifier with timm's ``forward_features`` / ``forward_head`` / ``get_classifier``.
         loss: the parametric loss (holds α).
         train: the training split: uint8 images in memory, or a file list decoded (and, with its recipe,
-            cropped) by ``cfg.workers`` DataLoader workers.
+            cropped) by ``cfg.loader_workers`` DataLoader workers.
         cfg: the run configuration.
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: augmentation module ``policy(x01, y) -> x01`` or ``None``.
@@ -151,7 +151,7 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
                              f"{world_size()} ranks")
         self.loader = create_loader(train, cfg.batch_size, shuffle=True, drop_last=len(train) >= cfg.batch_size,
-                                    device=self.device, seed=cfg.seed, num_workers=cfg.workers, augment=True,
+                                    device=self.device, seed=cfg.seed, num_workers=cfg.loader_workers, augment=True,
                                     shard=(rank(), world_size()))
         self._lower = _FeaturesAndLogits(self.model, self.features, self.classifier)
         if is_distributed():
@@ -217,7 +217,7 @@ class Trainer:
     def predict(self, data: Split, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, C]`` and features ``[N, D]`` of ``data`` in eval mode (no augmentation)."""
         return predict(self.model, data, mean=self.mean, std=self.std, device=self.device, batch_size=batch_size,
-                       channels_last=self.cfg.channels_last, amp=self._amp, num_workers=self.cfg.workers)
+                       channels_last=self.cfg.channels_last, amp=self._amp, num_workers=self.cfg.loader_workers)
 
     def evaluate(self, data: Split) -> Metrics:
         return metrics_of(self.predict(data)[0], data)
@@ -333,7 +333,7 @@ class Trainer:
         idx = torch.randperm(len(val), generator=gen)[:n]
         sub = val.subset(idx)
         loader = create_loader(sub, self.cfg.batch_size, shuffle=False, device=self.device,
-                               num_workers=self.cfg.workers, shard=(rank(), world_size()))
+                               num_workers=self.cfg.loader_workers, shard=(rank(), world_size()))
         return [b if b[2] is not None else b[:2] for b in loader]
 
     def _hyper_step(self) -> None:

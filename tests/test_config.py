@@ -26,3 +26,61 @@ def test_augmentation_defaults_keep_pda_off():
 def test_bad_augmentation_keys_are_one_line_errors(key, value, pattern):
     with pytest.raises(ValueError, match=pattern):
         Config(**{key: value}).validate()
+
+
+def _fields(kind: str) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(Config) if str(f.type).split(" | ")[0] == kind]
+
+
+@pytest.mark.parametrize("name", _fields("float"))
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400])
+def test_every_float_key_must_be_finite(name, value):
+    with pytest.raises(ValueError, match=f"config key '{name}' must be a finite number"):
+        Config(**{name: value})
+
+
+@pytest.mark.parametrize("name", _fields("int"))
+@pytest.mark.parametrize("value", [10**26, 1e30, -(10**400)])
+def test_every_int_key_is_bounded_in_one_line(name, value):
+    with pytest.raises(ValueError, match=f"config key '{name}' must be a whole number of at most"):
+        Config(**{name: value})
+
+
+def test_every_ranged_key_refuses_values_beyond_its_bounds_and_takes_its_bounds():
+    import dataclasses
+    import math
+
+    ranged = [f for f in dataclasses.fields(Config) if "range" in f.metadata]
+    assert len(ranged) >= 20
+    for f in ranged:
+        lo, hi = f.metadata["range"]
+        kind = int if str(f.type).startswith("int") else float
+        option = "--" + f.name.replace("_", "-")
+        for bad in (lo - 1, hi + 1):
+            if math.isfinite(bad):
+                with pytest.raises(ValueError, match=f"{option} (and --hyper-batches )?must be (in|>=)"):
+                    Config(**{f.name: kind(bad)}).validate()
+        Config(**{f.name: kind(lo)}).validate()
+
+
+def test_every_field_explains_itself_in_a_known_group():
+    import dataclasses
+
+    from ab_plugin.config import GROUPS
+
+    for f in dataclasses.fields(Config):
+        assert f.metadata["group"] in GROUPS, f.name
+        assert len(f.metadata["help"]) >= 20, f.name
+
+
+def test_from_yaml_takes_a_run_folders_config_and_refuses_aliases(tmp_path):
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"command": "search", "options": {"compare": ["ce"]}, **Config(epochs=3).to_dict()}))
+    assert Config.from_yaml(path) == Config(epochs=3)
+    path.write_text("learn: &l [logit_bias]\nmilestones: [0.5]\nengine_options: {x: *l}\n")
+    with pytest.raises(ValueError, match=r"uses a YAML alias \(\*l, line 3\): write the value out"):
+        Config.from_yaml(path)

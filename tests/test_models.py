@@ -127,16 +127,16 @@ def test_timm_models_by_name_and_unknown_backbone() -> None:
 @pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
 def test_imagenet_backbones_build_through_timm_without_weights(name, monkeypatch) -> None:
     from ab_plugin import Config
-    from ab_plugin.search import _model
+    from ab_plugin.search import build_model
 
     def no_download(*args, **kwargs):
         raise AssertionError(f"{name}: pretrained weights were requested")
 
     monkeypatch.setattr(timm.models._builder, "load_pretrained", no_download)
-    m = _model(Config(backbone=name), 1000, "autobalance")  # the path a search / retrain / baseline takes
+    m = build_model(Config(backbone=name), 1000, "autobalance")  # the path a search / retrain / baseline takes
     assert m.get_classifier().out_features == 1000 and m.num_features == 2048
     assert m.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
-    assert isinstance(_model(Config(backbone=name), 7, "ldam").get_classifier(), NormedLinear)
+    assert isinstance(build_model(Config(backbone=name), 7, "ldam").get_classifier(), NormedLinear)
 
 
 def test_built_the_timm_way_features_only_and_drop_path() -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._console import USER_ERRORS, command_options, console, emit, make_progress
-from .._options import _resolve_config, config_options
+from .._options import GroupedCommand, GroupedOption, config_options, resolve_config
 from ..config import Config
 from ._optuna import finished_states, import_optuna
 from .pruning import create_pruner
@@ -24,33 +24,41 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
+def _option(*names: str, **kwargs: Any) -> Any:
+    """``click.option`` of the command's own options: the "Command" section of --help."""
+    return click.option(*names, cls=GroupedOption, **kwargs)
+
+
 def _is_user_error(e: BaseException) -> bool:
     """One-line errors: bad input and I/O, a missing optional package, storage and database problems."""
     return isinstance(e, (*USER_ERRORS, ImportError)) or type(e).__module__.split(".")[0] in ("optuna", "sqlalchemy")
 
 
-@click.command(name="warmstart", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--out", type=click.Path(file_okay=False), default="runs/warmstart", show_default=True,
-              help="run folder (config.yaml, study.db / study.journal, warmstart.json, plots)")
-@click.option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True,
-              help="total finished (complete + pruned) trials of the study, over all workers")
-@click.option("--study-name", default=None, help="study name shared by all workers [default: the --out folder's name]")
-@click.option("--storage", default="sqlite", show_default=True,
-              help="sqlite (OUT/study.db), journal (OUT/study.journal) or a database URL "
-                   "(postgresql://user:pw@host:5432/db) for workers on several machines")
-@click.option("--pruner", default="median", show_default=True,
-              help="median | hyperband | percentile:P | threshold:X | none")
-@click.option("--pruner-startup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="trials completed before the median / percentile pruner prunes")
-@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True,
-              help="Optuna sampler, seeded with --seed")
-@click.option("--trial-epochs", type=click.IntRange(min=1), default=None,
-              help="epochs of each proxy search [default: --epochs / 6, at least 2]")
-@click.option("--inits", default="la,cdt,vs", show_default=True,
-              help="initialisation families searched (comma list of neutral, la, cdt, vs)")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="stop this worker after SECONDS (the study stays resumable)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.command(name="warmstart", cls=GroupedCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@_option("--out", type=click.Path(file_okay=False), default="runs/warmstart", show_default=True,
+         help="run folder (config.yaml, study.db / study.journal, warmstart.json, plots)")
+@_option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True,
+         help="total finished (complete + pruned) trials of the study, over all workers")
+@_option("--study-name", default=None,
+         help="study name shared by all workers [default: the --out folder's name]")
+@_option("--storage", default="sqlite", show_default=True,
+         help="sqlite (OUT/study.db), journal (OUT/study.journal) or a database URL "
+              "(postgresql://user:pw@host:5432/db) for workers on several machines")
+@_option("--pruner", default="median", show_default=True,
+         help="how trials whose validation error lags are stopped early: median | hyperband | percentile:P | "
+              "threshold:X | none")
+@_option("--pruner-startup", type=click.IntRange(min=0), default=5, show_default=True,
+         help="trials completed before the median / percentile pruner prunes")
+@_option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True,
+         help="Optuna sampler proposing each trial's values, seeded with --seed")
+@_option("--trial-epochs", type=click.IntRange(min=1), default=None,
+         help="epochs of each proxy search [default: --epochs / 6, at least 2]")
+@_option("--inits", default="la,cdt,vs", show_default=True,
+         help="initialisation families searched (comma list of neutral, la, cdt, vs)")
+@_option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+         help="stop this worker after this many SECONDS of wall time (the study stays resumable) [default: none]")
+@_option("--quiet", is_flag=True, help="no progress bar (the result is still printed)")
 @command_options(stopped="finished trials are in the study; rerun the same command to continue",
                  user_error=_is_user_error)
 @config_options
@@ -72,7 +80,7 @@ def warmstart_command(out: str, n_trials: int, study_name: str | None, storage: 
       ab-plugin warmstart --storage journal --out runs/ws ...              # journal file, same machine
       ab-plugin warmstart --study-name ws --storage postgresql://ab:pw@db:5432/optuna --out runs/ws ...
     """
-    cfg = _resolve_config(kwargs)
+    cfg = resolve_config(kwargs)
     space = SearchSpace(inits=tuple(s.strip().lower() for s in inits.split(",") if s.strip()))
     space.validate()
     resolve_storage(storage, Path(out))  # bad --storage fails before any data is loaded

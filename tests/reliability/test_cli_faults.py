@@ -67,7 +67,7 @@ def test_overwrite_with_a_bad_setting_keeps_the_previous_run(finished, bad):
 def test_overwrite_restores_the_previous_run_when_the_new_one_fails_before_its_first_checkpoint(finished, tmp_path):
     before = _snapshot(finished)
     diverging = tmp_path / "lr.yaml"
-    diverging.write_text("lr: .inf\nmax_bad_steps: 1\n")
+    diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1\n")  # finite, so accepted; the run diverges
     code, _, err = _cli("search", *TINY, "--config", str(diverging), "--out", str(finished), "--overwrite",
                         "--no-retrain", "--compare", "")
     _one_line_error(code, err, "non-finite steps in a row")
@@ -138,7 +138,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_fixed_command(tmp_path, m
     _one_line_error(code, err, "poly:0")
     assert not Path("runs/search").exists()
     diverging = tmp_path / "lr.yaml"
-    diverging.write_text("lr: .inf\nmax_bad_steps: 1\n")  # fails inside the first epoch, folder claimed
+    diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1\n")  # diverges inside the first epoch, folder claimed
     code, _, err = _cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", "runs/search")
     _one_line_error(code, err, "non-finite")
     code, _, err = _cli("baseline", "ce", *TINY, "--out", "runs/search")
@@ -181,7 +181,7 @@ def test_a_policy_value_beyond_float32_is_refused_before_the_run(finished, tmp_p
 
 def test_a_run_whose_steps_were_mostly_skipped_fails_loudly(tmp_path):
     diverging = tmp_path / "lr.yaml"
-    diverging.write_text("lr: .inf\nmax_bad_steps: 1000\n")
+    diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1000\n")  # finite, so accepted; the run diverges
     out = tmp_path / "r"
     code, _, err = _cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", str(out))
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -264,7 +264,8 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
       ab-plugin retrain runs/demo/policy.json --epochs 60 --out runs/retrain60
       ab-plugin retrain runs/demo --backbone resnet56 --out runs/r56
     """
-    from .policies import check_num_classes, load_policy
+    from .policies import load_policy
+    from .policies._file import check_num_classes
     from .runs import POLICY, check_inputs, load_bundle, read_run, run_folder, run_stage
     from .search import fixed_loss_from_alpha, retrain
 
@@ -352,7 +353,8 @@ def export(run: str, output: str, fmt: str) -> None:
 @command_options
 def show(policy: str, heatmap: str | None, fmt: str) -> None:
     """Show a policy file (or a zoo name): per-class w, l, Δ and augmentation, plus a PNG heat map."""
-    from .policies import load_policy, plot_policy_heatmap, policy_table
+    from .policies import load_policy
+    from .policies._display import plot_policy_heatmap, policy_table
 
     pf = load_policy(policy)
     png = Path(heatmap) if heatmap else (Path(policy).with_suffix(".png") if Path(policy).exists()

@@ -357,7 +357,8 @@ def final_stage(results: dict[str, RunResult]) -> str:
 def augmentation_movement(results: dict[str, RunResult]) -> dict[str, Any] | None:
     """How far the searched augmentation policy moved from its start, per class and op (see
     :func:`ab_plugin.policies.policy_movement`); ``None`` when the search learned no policy."""
-    from .policies import LEARNED_KINDS, policy_movement
+    from .policies import policy_movement
+    from .policies._policy import LEARNED_KINDS
 
     s = results.get("search")
     if s is None or s.augmentation is None or s.config.get("augment") not in LEARNED_KINDS:
@@ -394,7 +395,8 @@ def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any]
     final α and augmentation, validation metrics of the search) and the plots; returns the summary and the
     plot paths. ``policy.json`` is written last, so a folder holding one holds a finished run: resuming it
     rewrites nothing."""
-    from .policies import PolicyFileError, policy_from_dict, save_policy
+    from .policies import PolicyFileError, save_policy
+    from .policies._file import policy_from_dict
 
     if (out / POLICY).exists() and (out / RESULT).exists():  # finished before (--resume): its files stay as they are
         summary = json.loads((out / RESULT).read_text())

@@ -15,20 +15,13 @@ from .config import Config
 from .data import DatasetBundle, Split, split_per_class
 from .evaluation import metrics_of
 from .hypergrad import create_engine
-from .losses import NEEDS_NORMED_HEAD, ParametricCrossEntropy, create_loss, create_sharing
+from .losses import ParametricCrossEntropy, create_loss, create_sharing
+from .losses._parametric import NEEDS_NORMED_HEAD
 from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
-from .policies import (
-    FORMAT_VERSION,
-    LEARNED_KINDS,
-    LOSS_KEYS,
-    ClassPolicy,
-    PolicyFile,
-    create_policy,
-    make_provenance,
-    policy_from_module,
-    save_policy,
-)
+from .policies import FORMAT_VERSION, ClassPolicy, PolicyFile, create_policy, policy_from_module, save_policy
+from .policies._file import LOSS_KEYS, make_provenance
+from .policies._policy import LEARNED_KINDS
 from .trainer import HyperSetup, Trainer
 
 

@@ -13,19 +13,11 @@
 - :func:`policy_movement`: how far a searched policy moved from its start, per class and op.
 """
 
-from ._display import (
-    plot_policy_heatmap,  # noqa: F401  (not public, see below)
-    policy_table,  # noqa: F401  (not public, see below)
-)
 from ._file import (
     FORMAT_VERSION,
-    LOSS_KEYS,  # noqa: F401  (not public, see below)
     PolicyFile,
     PolicyFileError,
-    check_num_classes,  # noqa: F401  (not public, see below)
     load_policy,
-    make_provenance,  # noqa: F401  (not public, see below)
-    policy_from_dict,  # noqa: F401  (not public, see below)
     policy_from_module,
     policy_to_module,
     save_policy,
@@ -33,7 +25,6 @@ from ._file import (
 from ._movement import policy_movement
 from ._ops import OPS
 from ._policy import (
-    LEARNED_KINDS,  # noqa: F401  (not public, see below)
     ClassPolicy,
     create_policy,
     list_policies,
@@ -41,8 +32,6 @@ from ._policy import (
 from ._transforms import PerClassTransform, PerClassTransformV2
 from ._zoo import list_zoo
 
-# The names marked "not public" are importable here but not in __all__: cli.py, runs.py and search.py
-# import them through the package; new code imports them from their defining modules.
 __all__ = [
     "FORMAT_VERSION",
     "OPS",

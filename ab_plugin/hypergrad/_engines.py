@@ -21,7 +21,7 @@ from torch import nn
 
 from .._registry import Registry
 from ..distributed import is_distributed, union_share, world_size
-from ..losses import to_soft_targets
+from ..losses._functional import to_soft_targets
 from ._implicit import implicit_grad
 from ._solvers import Solver, create_solver
 from ._unrolled import unrolled_grad

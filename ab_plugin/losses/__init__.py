@@ -7,13 +7,9 @@
   :func:`list_sharings`): how classes share the learned values.
 """
 
-from ._functional import (
-    parametric_cross_entropy,
-    to_soft_targets,  # noqa: F401  (not public, see below)
-)
+from ._functional import parametric_cross_entropy
 from ._parametric import (
     HPARAM_NAMES,
-    NEEDS_NORMED_HEAD,  # noqa: F401  (not public, see below)
     ParametricCrossEntropy,
     create_loss,
     list_inits,
@@ -21,9 +17,6 @@ from ._parametric import (
 )
 from ._sharing import Sharing, create_sharing, list_sharings
 
-# to_soft_targets and NEEDS_NORMED_HEAD are importable here but not public (not in __all__): search.py,
-# hypergrad/_engines.py and integrations/_criterion.py import them through the package; new code imports
-# them from their defining modules.
 __all__ = [
     "HPARAM_NAMES",
     "ParametricCrossEntropy",

@@ -177,6 +177,11 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     out_p = Path(out)
     resume = _resuming(resume, out_p)
     saved, saved_cfg = _saved_options(out_p, resume)
+    if warmstart and saved_cfg is None:
+        from .warmstart.refine import study_config
+
+        # a study's own data, model and schedule, under the options given here
+        saved_cfg = study_config(warmstart, storage=warmstart_storage)
     # --resume alone continues with the run's own settings, --compare and --no-retrain included
     cfg = resolve_config(kwargs, saved_cfg)
     baselines = _baselines(compare) if _given("compare") or "compare" not in saved else list(saved["compare"])

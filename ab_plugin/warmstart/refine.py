@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ._names import STUDY_DB, STUDY_JOURNAL, SUMMARY
+from ._names import ATTR_SETTINGS, STUDY_DB, STUDY_JOURNAL, SUMMARY
 from ._optuna import import_optuna
 from .space import params_to_config
 from .storage import StorageSpec, open_storage, resolve_storage, study_names
@@ -43,6 +43,20 @@ def warmstart_config(base: Config, spec: str, *, storage: str | None, out: Path,
     else:
         study = load_warmstart_study(s, storage=storage)
     return params_to_config(base, best_trial(study).params)
+
+
+def study_config(spec: str, *, storage: str | None) -> Config | None:
+    """The search configuration a finished study ran its trials with (data, backbone, schedule; its per-machine
+    keys ``device`` / ``data_dir`` left at their defaults), or ``None`` for ``spec`` N (the study is yet to run,
+    from the command's own options) and for a study not made by ``ab-plugin warmstart``.
+
+    ``ab-plugin search --warmstart STUDY`` starts from it, so the refined search trains on the study's data and
+    model unless an option says otherwise."""
+    s = str(spec).strip()
+    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
+        return None
+    settings = load_warmstart_study(s, storage=storage).user_attrs.get(ATTR_SETTINGS)
+    return None if not settings else Config.from_dict(settings["config"])
 
 
 def load_warmstart_study(spec: str | Path, *, storage: str | None = None, study_name: str | None = None

@@ -140,6 +140,24 @@ def test_search_cli_warmstart_option_if_registered(pruned_study, tmp_path):
     _assert_settings(saved, result.study.best_trial.params)
 
 
+def test_search_warmstart_trains_on_the_studys_data_and_model(pruned_study, tmp_path):
+    """The `next:` line the warm start prints, as it is: the study's backbone and schedule, not the defaults."""
+    from ab_plugin.cli import main
+
+    out, result = pruned_study
+    study_cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (study_cfg["backbone"], study_cfg["batch_size"]) != (Config().backbone, Config().batch_size)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["search", "--warmstart", str(out), "--epochs", "1", "--no-retrain", "--compare",
+                                    "", "--quiet", "--out", str(run), "--format", "json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("dataset", "backbone", "batch_size", "lr", "n_max", "upper_start"):
+        assert saved[key] == study_cfg[key], key
+    assert saved["epochs"] == 1  # an option given here still wins
+    _assert_settings(saved, result.study.best_trial.params)
+
+
 def _assert_settings(cfg: dict, params: dict) -> None:
     for k, v in params.items():
         assert cfg[k] == v if isinstance(v, str) else cfg[k] == pytest.approx(v), k

@@ -14,7 +14,8 @@ from PIL import Image
 
 from ab_plugin import AutoBalance, Config
 from ab_plugin.cli import main
-from ab_plugin.data import ImageFolderError, create_dataset, scan_imagefolder
+from ab_plugin.data import ImageFolderError, create_dataset
+from ab_plugin.data._imagefolder import scan_imagefolder
 
 TINY = ["--backbone", "resnet20", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--quiet",
         "--no-retrain", "--compare", "", "--workers", "0"]

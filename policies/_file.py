@@ -27,7 +27,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +404,7 @@ def make_provenance(**fields: Any) -> dict[str, Any]:
     except Exception:  # not installed
         ver = "unknown"
     out: dict[str, Any] = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "ab_plugin": ver,
     }
     out.update(fields)

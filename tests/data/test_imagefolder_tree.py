@@ -94,7 +94,7 @@ def test_an_imbalanced_tree_is_named_as_such_and_the_title_says_its_real_imbalan
     warning = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
     assert any("train is already imbalanced (largest class 12 images, smallest 4: imbalance 3); it is used as "
                "it is and --imbalance 100 and --n-max 10 do not apply" in ln for ln in warning), err
-    assert "imagefolder:d (imbalance 3), resnet20" in err and "(imbalance 100)" not in err
+    assert "imagefolder:d (imbalance 3, asked 100), resnet20" in err and "(imbalance 100)" not in err
     assert json.loads(Path("r/result.json").read_text())["class_counts"] == [12, 4]
 
 

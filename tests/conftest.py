@@ -101,3 +101,25 @@ def write_list_tree(root: Path, counts, *, prefix: str = "ImageNet_LT", eval_per
                 lines.append(f"{split}/n{c:08d}/{i}.JPEG {c}")
         (root / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``ab-plugin ARGS`` through click's runner: exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from ab_plugin.cli import main
+
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.stdout, res.stderr
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> str:
+    """Exit code 2, no traceback, one ``error:`` line (the last; only ``warning:`` lines before it) holding every
+    needle; returns that line."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and lines[-1].startswith("error: "), stderr
+    assert all(ln.startswith("warning: ") for ln in lines[:-1]), stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]

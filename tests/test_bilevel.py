@@ -7,7 +7,7 @@ import torch
 from conftest import TinyNet
 from torch import nn
 
-from ab_plugin import AutoBalance, Config, TrainerCallback
+from ab_plugin import AutoBalance, Config
 from ab_plugin.bilevel import Bilevel, Pipeline
 from ab_plugin.hypergrad import create_engine
 from ab_plugin.integrations import AutoBalanceCriterion
@@ -150,31 +150,6 @@ def test_the_core_state_round_trips_the_buffer_and_the_upper_level():
     assert core.state_dict(buffer=False)["buffer"] == []
     with pytest.raises(ValueError, match="format"):
         other.load_state_dict({"upper": {}})
-
-
-def test_a_search_with_a_learned_policy_resumes_bit_for_bit(tiny_bundle, tmp_path):
-    cfg = Config(dataset="blobs", epochs=3, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.34, interval=2,
-                 hyper_batches=3, device="cpu", channels_last=False, augment="learned", seed=0)
-
-    def net() -> TinyNet:
-        torch.manual_seed(0)
-        return TinyNet(4)
-
-    full = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "a")
-
-    class Stop(Exception):
-        pass
-
-    class StopAfter(TrainerCallback):
-        def on_epoch_end(self, trainer, epoch, record):
-            if epoch == 1:
-                raise Stop
-
-    with pytest.raises(Stop):
-        AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", callbacks=[StopAfter()])
-    resumed = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", resume=True)
-    assert full.hyper_steps > 0
-    assert resumed.alpha == full.alpha and resumed.augmentation == full.augmentation
 
 
 def test_trainer_callbacks_must_subclass_the_base(tiny_bundle):

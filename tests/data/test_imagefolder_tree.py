@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import cli, one_line_error
 from PIL import Image
 
 from ab_plugin import AutoBalance, Config
-from ab_plugin.cli import main
 from ab_plugin.data import ImageFolderError, create_dataset
 from ab_plugin.data._imagefolder import scan_imagefolder
 
@@ -41,18 +40,6 @@ def _tree(root: Path, train: dict[str, int], splits: dict[str, int]) -> Path:
     return root
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(main, list(args))
-    return res.exit_code, res.stdout, res.stderr
-
-
-def _one_line_error(code: int, stderr: str, *needles: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert code == 2, stderr
-    assert "Traceback" not in stderr and lines[-1].startswith("error: "), stderr
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-    return lines[-1]
 
 
 # 5. links out of a class folder --------------------------------------------------------------------
@@ -63,9 +50,9 @@ def test_a_folder_link_out_of_a_class_is_refused(tmp_path, target, why):
     (root / "train" / "b" / "loop").symlink_to(target)
     with pytest.raises(ImageFolderError, match=why):
         scan_imagefolder(root, "train")
-    code, _, err = _cli("search", "--dataset", f"imagefolder:{root}", "--imbalance", "1", *TINY,
+    code, _, err = cli("search", "--dataset", f"imagefolder:{root}", "--imbalance", "1", *TINY,
                         "--out", str(tmp_path / "r"))
-    _one_line_error(code, err, str(root / "train" / "b" / "loop"), why, "labelled 'b'")
+    one_line_error(code, err, str(root / "train" / "b" / "loop"), why, "labelled 'b'")
     assert not (tmp_path / "r").exists()
 
 
@@ -88,7 +75,7 @@ def test_links_that_stay_inside_the_class_and_linked_class_folders_are_followed(
 def test_an_imbalanced_tree_is_named_as_such_and_the_title_says_its_real_imbalance(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a short dataset name keeps the table title on one line
     _tree(Path("d"), {"a": 12, "b": 4}, {"test": 2})
-    code, _, err = _cli("search", "--dataset", "imagefolder:d", "--imbalance", "100", "--n-max", "10", *TINY,
+    code, _, err = cli("search", "--dataset", "imagefolder:d", "--imbalance", "100", "--n-max", "10", *TINY,
                         "--format", "table", "--out", "r")
     assert code == 0, err
     warning = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
@@ -120,7 +107,7 @@ def test_val_folder_is_the_validation_split(tmp_path):
     trainer, val = AutoBalance(Config(epochs=1, device="cpu", augment="none")).build(b)
     assert torch.equal(val.images, b.val.images)
     assert len(trainer.train_data) == 9  # nothing of train/ is split off for validation
-    code, _, err = _cli("search", "--dataset", f"imagefolder:{root}", "--imbalance", "1", *TINY,
+    code, _, err = cli("search", "--dataset", f"imagefolder:{root}", "--imbalance", "1", *TINY,
                         "--out", str(tmp_path / "r"), "--format", "json")
     assert code == 0, err
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from conftest import cli, one_line_error
 
-from ab_plugin.cli import main
 from ab_plugin.config import Config
 from ab_plugin.data import DatasetBundle, ImageData
 from ab_plugin.runs import check_inputs, lock_run_folder, run_folder
@@ -23,20 +22,6 @@ KEPT = ("config.yaml", "result.json", "policy.json", "search/checkpoint.pt", "se
         "search/result.json")
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(main, list(args))
-    return res.exit_code, res.stdout, res.stderr
-
-
-def _one_line_error(code: int, stderr: str, *needles: str) -> str:
-    """Exit code 2, no traceback, one ``error:`` line (the last; only ``warning:`` lines before it)."""
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert code == 2, stderr
-    assert "Traceback" not in stderr and lines[-1].startswith("error: "), stderr
-    assert all(ln.startswith("warning: ") for ln in lines[:-1]), stderr
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -47,7 +32,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 def finished(tmp_path_factory):
     """A finished search without retrain and baselines (what --resume must remember)."""
     out = tmp_path_factory.mktemp("faults") / "run"
-    code, _, err = _cli("search", *TINY, "--out", str(out), "--no-retrain", "--compare", "")
+    code, _, err = cli("search", *TINY, "--out", str(out), "--no-retrain", "--compare", "")
     assert code == 0, err
     return out
 
@@ -58,8 +43,8 @@ def finished(tmp_path_factory):
                                  else ["--sharing", "hat:-1"]])
 def test_overwrite_with_a_bad_setting_keeps_the_previous_run(finished, bad):
     before = _snapshot(finished)
-    code, _, err = _cli("search", *TINY, "--out", str(finished), "--overwrite", *bad)
-    _one_line_error(code, err, "error:")
+    code, _, err = cli("search", *TINY, "--out", str(finished), "--overwrite", *bad)
+    one_line_error(code, err, "error:")
     assert _snapshot(finished) == before
     assert not list(finished.parent.glob(f".{finished.name}.replaced-*"))
 
@@ -68,18 +53,18 @@ def test_overwrite_restores_the_previous_run_when_the_new_one_fails_before_its_f
     before = _snapshot(finished)
     diverging = tmp_path / "lr.yaml"
     diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1\n")  # finite, so accepted; the run diverges
-    code, _, err = _cli("search", *TINY, "--config", str(diverging), "--out", str(finished), "--overwrite",
+    code, _, err = cli("search", *TINY, "--config", str(diverging), "--out", str(finished), "--overwrite",
                         "--no-retrain", "--compare", "")
-    _one_line_error(code, err, "non-finite steps in a row")
+    one_line_error(code, err, "non-finite steps in a row")
     assert _snapshot(finished) == before
     assert not list(finished.parent.glob(f".{finished.name}.replaced-*"))
 
 
 def test_overwrite_replaces_the_whole_folder_once_the_new_run_runs(tmp_path):
     out = tmp_path / "run"
-    assert _cli("baseline", "ce", *TINY, "--out", str(out))[0] == 0
+    assert cli("baseline", "ce", *TINY, "--out", str(out))[0] == 0
     (out / "stale.png").write_bytes(b"old plot")
-    code, _, err = _cli("baseline", "ce", *TINY, "--seed", "1", "--out", str(out), "--overwrite")
+    code, _, err = cli("baseline", "ce", *TINY, "--seed", "1", "--out", str(out), "--overwrite")
     assert code == 0, err
     assert not (out / "stale.png").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
@@ -102,8 +87,8 @@ def test_overwrite_replaces_the_whole_folder_once_the_new_run_runs(tmp_path):
 def test_wrong_types_in_a_config_file(tmp_path, text, needle):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text + "\n")
-    code, _, err = _cli("search", "--config", str(cfg), "--out", str(tmp_path / "r"))
-    _one_line_error(code, err, needle)
+    code, _, err = cli("search", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    one_line_error(code, err, needle)
     assert not (tmp_path / "r").exists()
 
 
@@ -125,23 +110,23 @@ def test_damaged_config_yaml_in_a_run_folder(finished, tmp_path, command):
     args = {"resume": ["search", "--out", str(run), "--resume"],
             "retrain": ["retrain", str(run), "--out", str(tmp_path / "re")],
             "evaluate": ["evaluate", str(run)]}[command]
-    _one_line_error(*_cli(*args)[::2], "config.yaml is damaged")
+    one_line_error(*cli(*args)[::2], "config.yaml is damaged")
     (run / "config.yaml").write_text("epochs: three\n")
-    _one_line_error(*_cli(*args)[::2], "config.yaml is damaged", "'epochs'")
+    one_line_error(*cli(*args)[::2], "config.yaml is damaged", "'epochs'")
     assert not (tmp_path / "re").exists()
 
 
 # 3. a failed start does not block the corrected command ------------------------------------------
 def test_a_failed_start_leaves_nothing_that_blocks_the_fixed_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --out runs/search
-    code, _, err = _cli("baseline", "ce", *TINY, "--out", "runs/search", "--sharing", "poly:0")
-    _one_line_error(code, err, "poly:0")
+    code, _, err = cli("baseline", "ce", *TINY, "--out", "runs/search", "--sharing", "poly:0")
+    one_line_error(code, err, "poly:0")
     assert not Path("runs/search").exists()
     diverging = tmp_path / "lr.yaml"
     diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1\n")  # diverges inside the first epoch, folder claimed
-    code, _, err = _cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", "runs/search")
-    _one_line_error(code, err, "non-finite")
-    code, _, err = _cli("baseline", "ce", *TINY, "--out", "runs/search")
+    code, _, err = cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", "runs/search")
+    one_line_error(code, err, "non-finite")
+    code, _, err = cli("baseline", "ce", *TINY, "--out", "runs/search")
     assert code == 0, err
 
 
@@ -154,16 +139,16 @@ def test_one_class_data_is_refused():
 
 @pytest.mark.parametrize("spec", ["poly:0", "groups:0", "hat:-2", "per_class:4", "poly:x"])
 def test_sharing_sizes_below_one_are_refused(tmp_path, spec):
-    code, _, err = _cli("search", "--sharing", spec, "--out", str(tmp_path / "r"))
-    _one_line_error(code, err, f"bad sharing spec {spec!r}")
+    code, _, err = cli("search", "--sharing", spec, "--out", str(tmp_path / "r"))
+    one_line_error(code, err, f"bad sharing spec {spec!r}")
 
 
 # 5. one writer per run folder ---------------------------------------------------------------------
 def test_a_second_writer_is_refused_while_a_run_holds_the_folder(finished):
     before = _snapshot(finished)
     with lock_run_folder(finished):
-        code, _, err = _cli("search", "--out", str(finished), "--resume")
-        _one_line_error(code, err, "is in use by another ab-plugin run", f"pid {os.getpid()}")
+        code, _, err = cli("search", "--out", str(finished), "--resume")
+        one_line_error(code, err, "is in use by another ab-plugin run", f"pid {os.getpid()}")
     assert _snapshot(finished) == before
     assert len((finished / "search" / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -174,8 +159,8 @@ def test_a_policy_value_beyond_float32_is_refused_before_the_run(finished, tmp_p
     pol["loss"]["logit_bias"][3] = 1e308
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(pol))
-    code, _, err = _cli("retrain", str(path), *TINY, "--out", str(tmp_path / "re"))
-    _one_line_error(code, err, "logit_bias[3]", "float32")
+    code, _, err = cli("retrain", str(path), *TINY, "--out", str(tmp_path / "re"))
+    one_line_error(code, err, "logit_bias[3]", "float32")
     assert not (tmp_path / "re").exists()
 
 
@@ -183,7 +168,7 @@ def test_a_run_whose_steps_were_mostly_skipped_fails_loudly(tmp_path):
     diverging = tmp_path / "lr.yaml"
     diverging.write_text("lr: 1.0e+30\nmax_bad_steps: 1000\n")  # finite, so accepted; the run diverges
     out = tmp_path / "r"
-    code, _, err = _cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", str(out))
+    code, _, err = cli("baseline", "ce", *TINY, "--config", str(diverging), "--out", str(out))
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and "Traceback" not in err
     assert any(ln.startswith("warning: stage baseline-ce skipped") for ln in lines)
@@ -195,14 +180,14 @@ def test_a_run_whose_steps_were_mostly_skipped_fails_loudly(tmp_path):
 # 7. --resume remembers --compare and --no-retrain ------------------------------------------------
 def test_resume_keeps_compare_and_no_retrain(finished):
     before = (finished / "result.json").read_bytes()
-    code, out, err = _cli("search", "--out", str(finished), "--resume", "--quiet", "--format", "json")
+    code, out, err = cli("search", "--out", str(finished), "--resume", "--quiet", "--format", "json")
     assert code == 0, err
     assert json.loads(out)["final"] == "search"
     assert not (finished / "retrain").exists() and not list(finished.glob("baseline-*"))
     assert json.loads(before) == json.loads((finished / "result.json").read_bytes())
     # asking for something else on resume is a different run
-    code, _, err = _cli("search", "--out", str(finished), "--resume", "--compare", "ce")
-    _one_line_error(code, err, "different configuration")
+    code, _, err = cli("search", "--out", str(finished), "--resume", "--compare", "ce")
+    one_line_error(code, err, "different configuration")
 
 
 # 8. ordinary file permissions -----------------------------------------------------------------
@@ -247,9 +232,9 @@ def test_an_unreadable_jpeg_is_named_without_object_addresses(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / cls / "ok.png")
     (tmp_path / "train" / "b" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    code, _, err = _cli("search", "--dataset", f"imagefolder:{tmp_path}", "--imbalance", "1",
+    code, _, err = cli("search", "--dataset", f"imagefolder:{tmp_path}", "--imbalance", "1",
                         "--out", str(tmp_path / "r"))
-    line = _one_line_error(code, err, "zz_broken.jpg")
+    line = one_line_error(code, err, "zz_broken.jpg")
     assert " at 0x" not in line and "object" not in line
 
 
@@ -276,5 +261,5 @@ def test_an_oversized_policy_file_is_refused_without_reading_it(finished, tmp_pa
     with open(big, "wb") as f:
         f.write((finished / "policy.json").read_bytes()[:-2])
         f.write(b" " * (MAX_POLICY_BYTES + 1) + b"}\n")
-    code, _, err = _cli("show", str(big))
-    _one_line_error(code, err, "MiB limit of a policy file")
+    code, _, err = cli("show", str(big))
+    one_line_error(code, err, "MiB limit of a policy file")

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from conftest import cli, one_line_error
 
-from ab_plugin.cli import main
 from ab_plugin.config import Config
 from ab_plugin.io import CheckpointError, load_checkpoint, save_checkpoint
 from ab_plugin.runs import lock_run_folder, run_folder
@@ -27,19 +26,6 @@ from ab_plugin.runs import lock_run_folder, run_folder
 TINY = ["--backbone", "resnet20", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--quiet"]
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(main, list(args))
-    return res.exit_code, res.stdout, res.stderr
-
-
-def _one_line_error(code: int, stderr: str, *needles: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert code == 2, stderr
-    assert "Traceback" not in stderr and lines[-1].startswith("error: "), stderr
-    assert all(ln.startswith("warning: ") for ln in lines[:-1]), stderr
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def _files(folder: Path) -> dict[str, tuple[str, int]]:
@@ -60,7 +46,7 @@ def _asides(out: Path) -> list[Path]:
 def finished(tmp_path_factory):
     """A finished search (no retrain, no baselines); tests copy it before changing anything."""
     out = tmp_path_factory.mktemp("folders") / "run"
-    code, _, err = _cli("search", *TINY, "--out", str(out), "--no-retrain", "--compare", "")
+    code, _, err = cli("search", *TINY, "--out", str(out), "--no-retrain", "--compare", "")
     assert code == 0, err
     return out
 
@@ -96,7 +82,7 @@ def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run
     p.wait()
     assert not list(run.glob("*/checkpoint.pt")), "killed too late: the new run had a checkpoint"
     assert _asides(run)  # what the kill leaves: the old run hidden, the new one without a checkpoint
-    code, out, err = _cli("evaluate", str(run), "--format", "json")  # the next command settles it
+    code, out, err = cli("evaluate", str(run), "--format", "json")  # the next command settles it
     assert code == 0, err
     assert f"warning: restored the earlier run in {run.resolve()}" in err
     assert _sums(run) == before and not _asides(run)
@@ -110,7 +96,7 @@ def test_overwrite_deletes_the_old_run_once_the_new_one_has_a_checkpoint(run):
     assert not (run / "search" / "result.json").exists()  # deleted while the search runs, not at its end
     p.send_signal(signal.SIGKILL)
     p.wait()
-    code, _, err = _cli("evaluate", str(run), "--stage", "search")
+    code, _, err = cli("evaluate", str(run), "--stage", "search")
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1 and not _asides(run)
 
@@ -119,7 +105,7 @@ def test_a_stale_hidden_copy_beside_a_started_run_is_deleted_by_the_next_command
     aside = run.with_name(f".{run.name}.replaced-999999")
     shutil.copytree(finished, aside)  # as left by an --overwrite killed after its first checkpoint
     before = _sums(run)
-    code, _, err = _cli("search", "--out", str(run), "--resume", "--quiet")
+    code, _, err = cli("search", "--out", str(run), "--resume", "--quiet")
     assert code == 0, err
     assert not aside.exists() and _sums(run) == before
 
@@ -128,7 +114,7 @@ def test_a_run_holding_the_folder_keeps_its_hidden_copy(run, finished):
     aside = run.with_name(f".{run.name}.replaced-999999")
     shutil.copytree(finished, aside)
     with lock_run_folder(run):
-        assert _cli("evaluate", str(run))[0] == 0  # a reader does not settle a folder in use
+        assert cli("evaluate", str(run))[0] == 0  # a reader does not settle a folder in use
     assert aside.exists()
 
 
@@ -169,11 +155,11 @@ def test_resume_refuses_a_damaged_checkpoint_and_writes_no_result(run):
     data[len(data) // 2:len(data) // 2 + 4096] = os.urandom(4096)
     ck.write_bytes(bytes(data))
     before = _sums(run)
-    code, _, err = _cli("search", "--out", str(run), "--resume", "--quiet")
-    _one_line_error(code, err, str(ck), "checksum does not match", "delete it")
+    code, _, err = cli("search", "--out", str(run), "--resume", "--quiet")
+    one_line_error(code, err, str(ck), "checksum does not match", "delete it")
     assert _sums(run) == before and not (run / "result.json").exists() and not (run / "policy.json").exists()
-    code, _, err = _cli("evaluate", str(run), "--stage", "search")
-    _one_line_error(code, err, str(ck), "checksum does not match")
+    code, _, err = cli("evaluate", str(run), "--stage", "search")
+    one_line_error(code, err, str(ck), "checksum does not match")
 
 
 # 4. the lock is on the folder, whatever path names it ---------------------------------------------------
@@ -182,18 +168,18 @@ def test_a_symlink_to_a_folder_in_use_is_refused(run, tmp_path):
     alias.symlink_to(run)
     before = _sums(run)
     with lock_run_folder(run):
-        code, _, err = _cli("search", "--out", str(alias), "--resume", "--quiet")
-        _one_line_error(code, err, "is in use by another ab-plugin run", f"pid {os.getpid()}")
+        code, _, err = cli("search", "--out", str(alias), "--resume", "--quiet")
+        one_line_error(code, err, "is in use by another ab-plugin run", f"pid {os.getpid()}")
     with lock_run_folder(alias):
-        code, _, err = _cli("search", "--out", str(run), "--resume", "--quiet")
-        _one_line_error(code, err, "is in use by another ab-plugin run")
+        code, _, err = cli("search", "--out", str(run), "--resume", "--quiet")
+        one_line_error(code, err, "is in use by another ab-plugin run")
     assert _sums(run) == before and alias.is_symlink()
 
 
 def test_overwrite_through_a_symlink_replaces_the_folder_and_keeps_the_link(run, tmp_path):
     alias = tmp_path / "alias"
     alias.symlink_to(run)
-    code, _, err = _cli("baseline", "ce", *TINY, "--out", str(alias), "--overwrite")
+    code, _, err = cli("baseline", "ce", *TINY, "--out", str(alias), "--overwrite")
     assert code == 0, err
     assert alias.is_symlink() and alias.resolve() == run.resolve()
     assert yaml.safe_load((run / "config.yaml").read_text())["command"] == "baseline ce"
@@ -203,10 +189,10 @@ def test_overwrite_through_a_symlink_replaces_the_folder_and_keeps_the_link(run,
 # 3. one command never takes another's folder ----------------------------------------------------------
 def test_warmstart_refuses_a_search_run_folder(run):
     before = _sums(run)
-    code, _, err = _cli("warmstart", *TINY, "--n-trials", "1", "--out", str(run))
-    _one_line_error(code, err, f"run folder {run} holds a `search` run, not a `warmstart` one")
+    code, _, err = cli("warmstart", *TINY, "--n-trials", "1", "--out", str(run))
+    one_line_error(code, err, f"run folder {run} holds a `search` run, not a `warmstart` one")
     assert _sums(run) == before
-    code, _, err = _cli("search", "--out", str(run), "--resume", "--quiet")
+    code, _, err = cli("search", "--out", str(run), "--resume", "--quiet")
     assert code == 0, err
 
 
@@ -217,8 +203,8 @@ def test_a_run_command_refuses_a_warmstart_folder(tmp_path, args):
     (ws / "config.yaml").write_text(yaml.safe_dump({"command": "warmstart", **Config().to_dict()}))
     (ws / "study.db").write_bytes(b"SQLite format 3\0")
     before = _sums(ws)
-    code, _, err = _cli(*args, *TINY, "--out", str(ws))
-    _one_line_error(code, err, f"run folder {ws} holds a `warmstart` run, not a")
+    code, _, err = cli(*args, *TINY, "--out", str(ws))
+    one_line_error(code, err, f"run folder {ws} holds a `warmstart` run, not a")
     assert _sums(ws) == before
 
 
@@ -226,6 +212,6 @@ def test_a_run_command_refuses_a_warmstart_folder(tmp_path, args):
 def test_resume_of_a_finished_run_rewrites_no_file(run):
     before = _files(run)
     time.sleep(1.1)  # a rewritten policy.json would get another `created` second
-    code, out, err = _cli("search", "--out", str(run), "--resume", "--quiet", "--format", "json")
+    code, out, err = cli("search", "--out", str(run), "--resume", "--quiet", "--format", "json")
     assert code == 0, err
     assert _files(run) == before

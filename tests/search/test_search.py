@@ -46,8 +46,9 @@ def test_every_engine_moves_alpha(tiny_bundle, engine):
         assert not np.allclose(res.alpha[key], start[key]), key
 
 
-def test_resume_is_bit_for_bit(tiny_bundle, tmp_path):
-    cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25})
+@pytest.mark.parametrize("augment", ["none", "learned"])  # learned: the replayed batch's draws are checkpointed
+def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment):
+    cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25, "augment": augment})
 
     def net() -> TinyNet:  # the same initial weights for every run, whatever ran before in this process
         torch.manual_seed(0)
@@ -67,7 +68,8 @@ def test_resume_is_bit_for_bit(tiny_bundle, tmp_path):
         AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", callbacks=[StopAfter()])
     # the stop came after epoch 2's checkpoint? No: callbacks run before the save, so epoch 1 is the last
     resumed = AutoBalance(cfg).fit(tiny_bundle, model=net(), run_dir=tmp_path / "b", resume=True)
-    assert resumed.alpha == full.alpha
+    assert full.hyper_steps > 0
+    assert resumed.alpha == full.alpha and resumed.augmentation == full.augmentation
     assert resumed.test_metrics == full.test_metrics
     assert (tmp_path / "b" / CHECKPOINT).exists() and (tmp_path / "b" / METRICS).exists()
 

@@ -89,9 +89,15 @@ def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run
 
 
 def test_overwrite_deletes_the_old_run_once_the_new_one_has_a_checkpoint(run):
-    p = _spawn("search", *TINY, "--epochs", "40", "--seed", "1", "--no-retrain", "--compare", "",
+    p = _spawn("search", *TINY, "--epochs", "400", "--seed", "1", "--no-retrain", "--compare", "",
                "--out", str(run), "--overwrite")
-    _wait_for(lambda: (run / "search" / "checkpoint.pt").exists() and bool(_asides(run)), p)
+
+    def new_run_checkpointed() -> bool:  # the new run's own checkpoint (not the old run's, before the move)
+        cfg = run / "config.yaml"
+        return cfg.exists() and yaml.safe_load(cfg.read_text())["seed"] == 1 and (run / "search" / "checkpoint.pt"
+                                                                                 ).exists()
+
+    _wait_for(new_run_checkpointed, p)
     _wait_for(lambda: not _asides(run), p, timeout=30)
     assert not (run / "search" / "result.json").exists()  # deleted while the search runs, not at its end
     p.send_signal(signal.SIGKILL)

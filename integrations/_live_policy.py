@@ -68,7 +68,7 @@ class LivePolicy(nn.Module):
         with torch.no_grad():
             draws = self.policy.sample_params(x, y)
             out = self.apply(x, y, draws).to(x.dtype)
-        self._last = (x.detach(), y.detach(), draws)
+        self._last = (x.detach(), y, draws)
         return out
 
     def last_for(self, target: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
@@ -84,7 +84,10 @@ class LivePolicy(nn.Module):
         if self._last is None:
             return None
         x, y, draws = self._last
-        if target.ndim != 1 or target.shape != y.shape or not torch.equal(target.to(y.device), y):
+        if target.ndim != 1 or target.shape != y.shape:
+            return None
+        # the caller's own label tensor (the usual case) needs no comparison, which would wait for the device
+        if target is not y and not torch.equal(target.to(y.device), y):
             return None
         return x, draws
 

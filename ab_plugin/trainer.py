@@ -106,7 +106,8 @@ class Trainer:
             cropped) by ``cfg.loader_workers`` DataLoader workers.
         cfg: the run configuration.
         mean, std: per-channel normalisation of images scaled to [0, 1].
-        policy: augmentation module ``policy(x01, y) -> x01`` or ``None``.
+        policy: a :class:`~ab_plugin.policies.ClassPolicy` (its ``sample_params(x, y)`` draws, applied as
+            ``policy(x01, y, draws)``, are kept for the hyper-step's replay) or ``None``.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
         callbacks: :class:`TrainerCallback` instances.

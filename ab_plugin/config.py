@@ -76,6 +76,12 @@ class Config:
     # model
     backbone: str = _opt("resnet32", group="model", help=(
         "network: resnet20 | resnet32 | resnet44 | resnet56 | resnet110 (CIFAR ResNets) or any timm model name"))
+    pretrained: bool = _opt(False, group="model", help=(
+        "start from pretrained weights: timm's own source for a timm model (its local cache; may download), "
+        "the classifier re-initialised for the dataset's classes; CIFAR ResNets need --pretrained-file"))
+    pretrained_file: str | None = _opt(None, group="model", help=(
+        "local checkpoint to start from (a state_dict, or a dict with a state_dict / model key); the classifier "
+        "is re-initialised for the dataset's classes (implies --pretrained)"))
     # lower level
     epochs: int = _opt(30, group="lower", range=(1, 100_000), help=(
         "passes over the training split, for the search and for each retrain / baseline"))

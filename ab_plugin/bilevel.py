@@ -321,6 +321,8 @@ class Bilevel:
         device = p.device
         head = {id(q) for q in p.classifier.parameters()}
         backbone = [q for q in p.model.parameters() if q.requires_grad and id(q) not in head]
+        if not backbone:  # a frozen backbone (--freeze-backbone) does not respond to A
+            return list(grads)
         x, y, draws = newest.inputs.to(device), newest.target.to(device), _draws_on(newest.draws, device)
         xv, yv, *gv = p.val_batches(1)[0]
 

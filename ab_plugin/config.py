@@ -76,12 +76,22 @@ class Config:
     # model
     backbone: str = _opt("resnet32", group="model", help=(
         "network: resnet20 | resnet32 | resnet44 | resnet56 | resnet110 (CIFAR ResNets) or any timm model name"))
+    pretrained: bool = _opt(False, group="model", help=(
+        "start from pretrained weights: timm's own source for a timm model (its local cache; may download), "
+        "the classifier re-initialised for the dataset's classes; CIFAR ResNets need --pretrained-file"))
+    pretrained_file: str | None = _opt(None, group="model", help=(
+        "local checkpoint to start from (a state_dict, or a dict with a state_dict / model key); the classifier "
+        "is re-initialised for the dataset's classes (implies --pretrained)"))
     # lower level
     epochs: int = _opt(30, group="lower", range=(1, 100_000), help=(
         "passes over the training split, for the search and for each retrain / baseline"))
     batch_size: int = _opt(64, group="lower", range=(1, 2**20), help="images per lower-level step")
     lr: float = _opt(0.1, group="lower", help="peak learning rate of the model's SGD (after the warm-up), > 0")
     momentum: float = _opt(0.9, group="lower", range=(0.0, 1.0), help="SGD momentum of the model, in [0, 1]")
+    freeze_backbone: bool = _opt(False, group="lower", help=(
+        "linear probe: train only the classifier (the backbone's weights and BatchNorm statistics stay fixed)"))
+    backbone_lr_scale: float = _opt(1.0, group="lower", help=(
+        "the backbone's learning rate as a fraction of --lr, in (0, 1] (the classifier gets the full --lr)"))
     weight_decay: float = _opt(5e-4, group="lower", range=(0.0, math.inf), help=(
         "L2 weight decay of the model's SGD, >= 0"))
     warmup_epochs: float = _opt(2.0, group="lower", range=(0.0, math.inf), help=(
@@ -234,6 +244,7 @@ class Config:
         need(self.workers is None or self.workers >= 0,
              f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
         need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(0 < self.backbone_lr_scale <= 1, f"--backbone-lr-scale must be in (0, 1], got {self.backbone_lr_scale}")
         need(self.upper_lr >= 0, f"--upper-lr must be >= 0 (0: α stays at its init), got {self.upper_lr}")
         need(0 <= self.upper_start <= 1, f"--upper-start is a fraction of the epochs in [0, 1], got {self.upper_start}")
         need(self.interval >= 1 and self.hyper_batches >= 1, "--interval and --hyper-batches must be >= 1")

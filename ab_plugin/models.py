@@ -321,16 +321,78 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, **kwargs: Any) -> nn.Module:
-    """A randomly initialised backbone with ``num_classes`` outputs.
+def _checkpoint_state(path: str) -> dict[str, Tensor]:
+    """The state dict in checkpoint ``path`` (a state_dict, or a dict with a ``state_dict`` / ``model`` key, as
+    timm's ``load_checkpoint`` reads it); a missing or unreadable file is a one-line ``ValueError`` naming it."""
+    from pathlib import Path
+
+    from timm.models import load_state_dict
+
+    if not Path(path).is_file():
+        raise ValueError(f"--pretrained-file {path}: no such file")
+    try:
+        state = load_state_dict(path, use_ema=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"--pretrained-file {path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"--pretrained-file {path}: holds no state dict of tensors")
+    return state
+
+
+def _head_names(model: nn.Module) -> tuple[str, ...]:
+    """Module paths of ``model``'s classifier (``pretrained_cfg["classifier"]``: one name or a tuple)."""
+    head = getattr(model, "pretrained_cfg", {}).get("classifier")
+    return (head,) if isinstance(head, str) else tuple(head or ())
+
+
+def _check_fits(model: nn.Module, state: dict[str, Tensor], path: str, name: str) -> None:
+    """Every non-classifier entry of ``model`` is in ``state`` with its shape, and ``state`` holds nothing but
+    the model's entries (the classifier's may differ); else a one-line ``ValueError`` naming the file."""
+    heads = _head_names(model)
+
+    def is_head(k: str) -> bool:
+        return any(k == h or k.startswith(h + ".") for h in heads)
+
+    own = {k: v for k, v in model.state_dict().items() if not is_head(k)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not is_head(k)]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        raise ValueError(
+            f"--pretrained-file {path} does not fit backbone {name!r}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} mis-shaped entries (e.g. {first!r}); is it a checkpoint of another network?"
+        )
+
+
+def _load_backbone(model: nn.Module, path: str, name: str) -> None:
+    """Load checkpoint ``path`` into ``model`` except the classifier (which keeps its fresh initialisation)."""
+    state = _checkpoint_state(path)
+    _check_fits(model, state, path, name)
+    heads = _head_names(model)
+    model.load_state_dict({k: v for k, v in state.items()
+                           if not any(k == h or k.startswith(h + ".") for h in heads)}, strict=False)
+
+
+def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, pretrained: bool = False,
+                    pretrained_file: str | None = None, **kwargs: Any) -> nn.Module:
+    """A backbone with ``num_classes`` outputs, randomly initialised unless ``pretrained`` / ``pretrained_file``.
 
     Args:
         name: ``resnet20`` / ``resnet32`` / ``resnet44`` / ``resnet56`` / ``resnet110`` (CIFAR ResNets, also
-            with the ``_cifar`` suffix) or any timm model name (``timm.list_models()``), built with
-            ``pretrained=False`` (nothing is downloaded).
+            with the ``_cifar`` suffix) or any timm model name (``timm.list_models()``); nothing is downloaded
+            unless ``pretrained`` asks for timm's weights that are not in its cache.
         num_classes: classifier outputs.
         normed_head: cosine classifier (:class:`NormedLinear`, for LDAM) instead of the linear one. For
             timm models the classifier named in ``pretrained_cfg["classifier"]`` must be an ``nn.Linear``.
+        pretrained: timm's pretrained weights of ``name`` from timm's own source (its local cache, else the hub);
+            the classifier is re-initialised by timm when ``num_classes`` differs from the weights'. CIFAR
+            ResNets have no published weights: they need ``pretrained_file``.
+        pretrained_file: a local checkpoint (a state_dict, or a dict with ``state_dict`` / ``model``) in the
+            model's own key layout: timm models load it through ``pretrained_cfg_overlay=dict(file=...)``,
+            CIFAR ResNets directly; the classifier's entries are skipped (it keeps its fresh initialisation for
+            ``num_classes``). A missing file, or one whose entries are not the backbone's, is a one-line
+            ``ValueError`` naming it.
         kwargs: passed to the model constructor (e.g. ``shortcut="B"``, ``drop_rate``, ``in_chans``).
 
     Returns:
@@ -339,14 +401,37 @@ def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, *
     """
     short = name.removesuffix("_cifar")
     if short in list_backbones():
-        return timm.create_model(f"{short}_cifar", num_classes=num_classes, normed_head=normed_head, **kwargs)
+        if pretrained and pretrained_file is None:
+            raise ValueError(f"backbone {name!r} has no published weights: give a checkpoint with --pretrained-file")
+        model = timm.create_model(f"{short}_cifar", num_classes=num_classes, normed_head=normed_head, **kwargs)
+        if pretrained_file is not None:
+            _load_backbone(model, pretrained_file, name)
+        return model
     if not timm.is_model(name):
         raise ValueError(
             f"unknown backbone {name!r}: choose one of resnet20..resnet110 "
             "or a timm model name (timm.list_models())"
         )
+    state = None
+    if pretrained_file is not None:
+        state = _checkpoint_state(pretrained_file)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)))
+    elif pretrained:
+        kwargs["pretrained"] = True
     kwargs.setdefault("pretrained", False)
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    except (RuntimeError, OSError) as e:
+        if not kwargs["pretrained"]:
+            raise
+        if state is not None:  # timm's own message is several lines: say which entries do not fit
+            _check_fits(timm.create_model(name, num_classes=num_classes, **{**kwargs, "pretrained": False}),
+                        state, pretrained_file, name)
+        where = pretrained_file or "timm's source"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"pretrained weights of {name!r} from {where} did not load: {msg}") from None
+    if state is not None:  # timm loads non-strictly when it drops the classifier: check every entry landed
+        _check_fits(model, state, pretrained_file, name)
     if normed_head:
         path = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
         head = model.get_classifier()

@@ -108,9 +108,11 @@ def _unlearned(kind: str) -> str:
 
 def build_model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
     """A fresh ``cfg.backbone`` for ``num_classes`` classes, seeded with ``cfg.seed`` so that every method of
-    one seed starts from the same weights; ``loss_name`` decides whether its head is normed (LDAM)."""
+    one seed starts from the same weights (``cfg.pretrained`` / ``cfg.pretrained_file``: pretrained ones, the
+    classifier fresh); ``loss_name`` decides whether its head is normed (LDAM)."""
     torch.manual_seed(cfg.seed)
-    return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD)
+    return create_backbone(cfg.backbone, num_classes, normed_head=loss_name in NEEDS_NORMED_HEAD,
+                           pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
 
 
 def _finish(trainer: Trainer, kind: str, method: str, data: Split, test: Split | None,

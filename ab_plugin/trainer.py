@@ -8,6 +8,7 @@ epoch and a resumed run continues bit-for-bit on CPU.
 from __future__ import annotations
 
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,14 @@ class _FeaturesAndLogits(nn.Module):
         return feats, classifier(feats)
 
 
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` of a frozen backbone's norm layer: always eval mode (its running statistics stay as loaded)."""
+    return nn.Module.train(self, False)
+
+
 class Trainer:
     """Trains ``model`` with ``loss`` on ``train``; with ``upper`` it also learns α (a search).
 
@@ -148,6 +157,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.features, self.classifier = split_model(self.model)
+        groups = self._param_groups()  # before DDP, which must see the frozen parameters as frozen
         if cfg.batch_size % world_size():
             raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
                              f"{world_size()} ranks")
@@ -158,7 +168,7 @@ class Trainer:
         if is_distributed():
             self._lower = nn.parallel.DistributedDataParallel(  # starts every rank from rank 0's weights
                 self._lower, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.bilevel = self._make_bilevel() if upper is not None else None
         self.pipeline = Pipeline(self.model, self.features, self.classifier, self._train_input,
@@ -170,6 +180,30 @@ class Trainer:
             torch.manual_seed(cfg.seed + rank())  # the ranks' augmentations draw different random numbers
 
     # set-up --------------------------------------------------------------------------------------
+    def _param_groups(self) -> Any:
+        """What the model's SGD trains: every parameter in one group (the default); with ``freeze_backbone``
+        only the classifier's (the backbone's get ``requires_grad`` False and its norm layers stay in eval
+        mode); with ``backbone_lr_scale < 1`` the classifier's group first, then the backbone's, whose
+        ``lr_scale`` multiplies the scheduled lr at every step."""
+        cfg = self.cfg
+        if not cfg.freeze_backbone and cfg.backbone_lr_scale == 1.0:
+            return self.model.parameters()
+        head_ids = {id(p) for p in self.classifier.parameters()}
+        head = [p for p in self.model.parameters() if id(p) in head_ids]
+        backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
+        if not head:
+            raise ValueError("--freeze-backbone / --backbone-lr-scale need a model whose classifier has parameters")
+        if cfg.freeze_backbone:
+            for p in backbone:
+                p.requires_grad_(False)
+            head_modules = {id(m) for m in self.classifier.modules()}
+            for m in self.model.modules():
+                if id(m) not in head_modules and isinstance(m, _NORM_LAYERS):
+                    m.train = types.MethodType(_stay_in_eval, m)  # model.train() leaves it in eval mode
+                    m.eval()
+            return [{"params": head, "lr_scale": 1.0}]
+        return [{"params": head, "lr_scale": 1.0}, {"params": backbone, "lr_scale": cfg.backbone_lr_scale}]
+
     def _make_bilevel(self) -> Bilevel:
         c = self.cfg
         per_epoch = self.steps_per_epoch / c.interval  # hyper-steps per upper epoch
@@ -290,7 +324,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         lr = lr_at(st.step, self.steps_per_epoch, cfg)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
         draws = self.policy.sample_params(x, y) if self.policy is not None else None
         with self._autocast():
             feats, logits = self._lower(self._train_input(x, y, draws))

@@ -205,19 +205,9 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
 
 def _check_backbone(cfg: Config) -> None:
     """Fail fast, before any data is loaded, on a backbone that does not exist or a missing --pretrained-file."""
-    from .models import list_backbones
+    from .models import check_backbone
 
-    if cfg.backbone not in list_backbones():
-        import timm
-
-        if not timm.is_model(cfg.backbone):
-            raise ValueError(f"unknown --backbone {cfg.backbone!r}: choose one of resnet20..resnet110 "
-                             "or a timm model name (timm.list_models())")
-    elif cfg.pretrained and cfg.pretrained_file is None:
-        raise ValueError(f"backbone {cfg.backbone!r} has no published weights: "
-                         "give a checkpoint with --pretrained-file")
-    if cfg.pretrained_file is not None and not Path(cfg.pretrained_file).is_file():
-        raise ValueError(f"--pretrained-file {cfg.pretrained_file}: no such file")
+    check_backbone(cfg.backbone, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, label="--backbone")
 
 
 @main.command()

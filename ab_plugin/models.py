@@ -324,12 +324,8 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 def _checkpoint_state(path: str) -> dict[str, Tensor]:
     """The state dict in checkpoint ``path`` (a state_dict, or a dict with a ``state_dict`` / ``model`` key, as
     timm's ``load_checkpoint`` reads it); a missing or unreadable file is a one-line ``ValueError`` naming it."""
-    from pathlib import Path
-
     from timm.models import load_state_dict
 
-    if not Path(path).is_file():
-        raise ValueError(f"--pretrained-file {path}: no such file")
     try:
         state = load_state_dict(path, use_ema=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -345,17 +341,18 @@ def _head_names(model: nn.Module) -> tuple[str, ...]:
     return (head,) if isinstance(head, str) else tuple(head or ())
 
 
+def _is_head(key: str, heads: tuple[str, ...]) -> bool:
+    """Whether state-dict entry ``key`` belongs to one of the classifier modules ``heads``."""
+    return any(key == h or key.startswith(h + ".") for h in heads)
+
+
 def _check_fits(model: nn.Module, state: dict[str, Tensor], path: str, name: str) -> None:
     """Every non-classifier entry of ``model`` is in ``state`` with its shape, and ``state`` holds nothing but
     the model's entries (the classifier's may differ); else a one-line ``ValueError`` naming the file."""
     heads = _head_names(model)
-
-    def is_head(k: str) -> bool:
-        return any(k == h or k.startswith(h + ".") for h in heads)
-
-    own = {k: v for k, v in model.state_dict().items() if not is_head(k)}
+    own = {k: v for k, v in model.state_dict().items() if not _is_head(k, heads)}
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not is_head(k)]
+    unexpected = [k for k in state if k not in own and not _is_head(k, heads)]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         first = (missing or unexpected or wrong)[0]
@@ -370,8 +367,24 @@ def _load_backbone(model: nn.Module, path: str, name: str) -> None:
     state = _checkpoint_state(path)
     _check_fits(model, state, path, name)
     heads = _head_names(model)
-    model.load_state_dict({k: v for k, v in state.items()
-                           if not any(k == h or k.startswith(h + ".") for h in heads)}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if not _is_head(k, heads)}, strict=False)
+
+
+def check_backbone(name: str, *, pretrained: bool = False, pretrained_file: str | None = None,
+                   label: str = "backbone") -> None:
+    """A one-line ``ValueError`` for a backbone name that does not exist, a CIFAR ResNet asked for published
+    weights it has none of, or a ``pretrained_file`` that is not a file (what :func:`create_backbone` needs
+    before it builds anything; the CLI calls it before loading data, with ``label="--backbone"``)."""
+    from pathlib import Path
+
+    if name.removesuffix("_cifar") in list_backbones():
+        if pretrained and pretrained_file is None:
+            raise ValueError(f"backbone {name!r} has no published weights: give a checkpoint with --pretrained-file")
+    elif not timm.is_model(name):
+        raise ValueError(f"unknown {label} {name!r}: choose one of resnet20..resnet110 or a timm model name "
+                         "(timm.list_models())")
+    if pretrained_file is not None and not Path(pretrained_file).is_file():
+        raise ValueError(f"--pretrained-file {pretrained_file}: no such file")
 
 
 def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, pretrained: bool = False,
@@ -399,19 +412,13 @@ def create_backbone(name: str, num_classes: int, *, normed_head: bool = False, p
         A module with timm's interface (``forward_features``, ``forward_head``, ``get_classifier``).
         Input ``[B, 3, H, W]`` float, normalised; output ``[B, num_classes]`` logits.
     """
+    check_backbone(name, pretrained=pretrained, pretrained_file=pretrained_file)
     short = name.removesuffix("_cifar")
     if short in list_backbones():
-        if pretrained and pretrained_file is None:
-            raise ValueError(f"backbone {name!r} has no published weights: give a checkpoint with --pretrained-file")
         model = timm.create_model(f"{short}_cifar", num_classes=num_classes, normed_head=normed_head, **kwargs)
         if pretrained_file is not None:
             _load_backbone(model, pretrained_file, name)
         return model
-    if not timm.is_model(name):
-        raise ValueError(
-            f"unknown backbone {name!r}: choose one of resnet20..resnet110 "
-            "or a timm model name (timm.list_models())"
-        )
     state = None
     if pretrained_file is not None:
         state = _checkpoint_state(pretrained_file)

@@ -19,6 +19,7 @@ step's side effects in bounds (the criterion restores the caller's module state,
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,9 +87,8 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        for t in (*self.model.parameters(), *self.model.buffers()):
-            return t.device
-        return torch.device("cpu")
+        first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
 
     def train_logits(self, inputs: Tensor, y: Tensor, draws: Draws | None = None,
                      model: nn.Module | None = None) -> Tensor:

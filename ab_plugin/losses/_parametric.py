@@ -99,7 +99,7 @@ class ParametricCrossEntropy(nn.Module):
         self.learn = learn
         self.register_buffer("margin", None if margin is None else torch.as_tensor(margin).float())
         self.margin_scale = float(margin_scale)
-        # LDAM-DRW switches to class-balanced weights late in training (set by `set_progress`).
+        # deferred re-weighting (LDAM-DRW, --drw-from): class-balanced weights join w late in training
         self.register_buffer("deferred_weight", None)
         self.defer_from = 1.0
         self._deferred_active = False
@@ -114,10 +114,17 @@ class ParametricCrossEntropy(nn.Module):
     # per-class views ------------------------------------------------------------------------
     @property
     def class_weight(self) -> torch.Tensor:
-        """``w`` ``[C]``, positive with mean 1."""
-        if self._deferred_active and self.deferred_weight is not None:
-            return self.deferred_weight
+        """``w`` ``[C]``, positive with mean 1 (α's own weights, without the deferred ones)."""
         return self.num_classes * torch.softmax(self._expand(self.class_weight_raw), dim=0)
+
+    @property
+    def training_weight(self) -> torch.Tensor | None:
+        """The per-class weights ``[C]`` the loss applies now: ``w``, times the deferred weights once
+        :meth:`set_progress` reached ``defer_from``; ``None`` when neither is in use (all ones)."""
+        deferred = self.deferred_weight if self._deferred_active else None
+        if not self.use_weight:
+            return deferred
+        return self.class_weight if deferred is None else self.class_weight * deferred
 
     @property
     def logit_bias(self) -> torch.Tensor:
@@ -161,16 +168,25 @@ class ParametricCrossEntropy(nn.Module):
         """The raw tensors the upper level optimises (only those in ``learn``)."""
         return [getattr(self, f"{n}_raw") for n in HPARAM_NAMES if n in self.learn]
 
+    def defer_weights(self, weights: torch.Tensor, from_fraction: float) -> None:
+        """Deferred re-weighting: from ``from_fraction`` of training on (see :meth:`set_progress`), multiply
+        each class's term by ``weights`` ``[C]`` (on top of ``w``, learned or fixed)."""
+        weights = torch.as_tensor(weights).float()
+        if weights.shape != (self.num_classes,) or bool((weights <= 0).any()):
+            raise ValueError(f"deferred weights must be {self.num_classes} positive values, got {tuple(weights.shape)}")
+        self.deferred_weight = weights.to(self.tau_raw.device)
+        self.defer_from = float(from_fraction)
+
     def set_progress(self, fraction: float) -> None:
         """Tell the loss how far training is (0..1); used by deferred re-weighting."""
-        self._deferred_active = fraction >= self.defer_from
+        self._deferred_active = self.deferred_weight is not None and fraction >= self.defer_from
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch; ``logits`` ``[B, C]``, ``target`` ``[B]`` labels or ``[B, C]`` soft."""
         return parametric_cross_entropy(
             logits,
             target,
-            class_weight=self.class_weight if (self.use_weight or self._deferred_active) else None,
+            class_weight=self.training_weight,
             logit_bias=self.logit_bias,
             logit_scale=self.logit_scale if self.use_scale else None,
             margin=self.margin,
@@ -242,8 +258,7 @@ def _ldam(c: torch.Tensor, *, max_margin: float, ldam_scale: float, **_: Any) ->
 @LOSSES.register("ldam-drw")
 def _ldam_drw(c: torch.Tensor, *, drw_from: float, **options: Any) -> ParametricCrossEntropy:
     loss = _ldam(c, **options)
-    loss.deferred_weight = drw_weights(c)
-    loss.defer_from = drw_from
+    loss.defer_weights(drw_weights(c), drw_from)
     return loss
 
 

@@ -209,3 +209,44 @@ def test_loading_alpha_saved_with_another_sharing_names_the_fix():
     with pytest.raises(ValueError, match=r"saved α has 6 raw values .* has 3: .*sharing='per_class'"):
         poly.load_state_dict(per_class_loss.state_dict())
     poly.load_state_dict(create_loss("autobalance", COUNTS, sharing=create_sharing("poly:3", COUNTS)).state_dict())
+
+
+def _class_balanced(counts, beta=0.9999):
+    """Cui et al.'s weights as LDAM-DRW's code computes them: (1 − β) / (1 − β^n), scaled to sum to C."""
+    w = [(1 - beta) / (1 - beta**n) for n in counts]
+    return torch.tensor([x * len(counts) / sum(w) for x in w])
+
+
+def test_drw_weights_are_ldam_drws_class_balanced_weights():
+    from ab_plugin.losses._functional import drw_weights
+
+    assert torch.allclose(drw_weights(COUNTS), _class_balanced(COUNTS).float(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce", "la", "autobalance"])
+def test_deferred_weights_join_any_loss_exactly_at_the_fraction(name):
+    z, y = _batch()
+    loss = create_loss(name, COUNTS, init="la", learn=("logit_bias", "class_weight"))
+    w = torch.tensor([0.5, 1.5, 1.0, 2.0, 0.25, 0.75])
+    if name == "autobalance":
+        loss.load_per_class({"class_weight": w.tolist()})
+    plain = loss(z, y)
+    loss.defer_weights(_class_balanced(COUNTS), 0.6)
+    loss.set_progress(0.59)
+    assert torch.equal(loss(z, y), plain)
+    loss.set_progress(0.6)
+    adjusted = z + (0.0 if name == "ce" else la_bias(COUNTS, 1.0))
+    own = w / w.mean() if name == "autobalance" else torch.ones(6)  # w has mean 1 by construction
+    expected = F.cross_entropy(adjusted, y, weight=own * _class_balanced(COUNTS))
+    assert torch.allclose(loss(z, y), expected, atol=1e-6)
+    assert torch.allclose(torch.tensor(loss.per_class()["class_weight"]), own, atol=1e-6)  # α stays α's own
+
+
+def test_balanced_softmax_is_la_with_tau_one():
+    """Ren et al. 2020: softmax over n_j·exp(z_j), i.e. CE of z + log n, which log π shifts by a constant."""
+    g = torch.Generator().manual_seed(1)
+    z, y = torch.randn(64, 6, generator=g) * 4, torch.randint(0, 6, (64,), generator=g)
+    n = torch.tensor(COUNTS, dtype=torch.float32)
+    p = n * z.exp() / (n * z.exp()).sum(dim=1, keepdim=True)
+    balanced_softmax = -p[torch.arange(64), y].log().mean()
+    assert torch.allclose(create_loss("la", COUNTS, tau=1.0)(z, y), balanced_softmax, atol=1e-6)

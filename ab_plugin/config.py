@@ -24,6 +24,7 @@ GROUPS = {
     "model": "Model",
     "lower": "Lower level: optimizer and learning-rate schedule",
     "augment": "Augmentation",
+    "recipe": "Training recipe: mixup / CutMix and deferred re-weighting (every run kind)",
     "loss": "Loss family (α and its initialisation)",
     "upper": "Upper level: the search of α",
     "run": "Run and device",
@@ -115,6 +116,17 @@ class Config:
         "generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), "
         "or plus the backbone's response to A, its inverse curvature taken as lr x interval (backbone: about "
         "3 steps per hyper-step)"))
+    # training recipe (Bag of Tricks, Zhang et al. 2021): for baselines, the search and the retrain alike
+    mixup: float = _opt(0.0, group="recipe", range=(0.0, math.inf), help=(
+        "mixup α >= 0 (0: off): each batch blends its augmented images with a shuffled copy by λ ~ Beta(α, α) "
+        "and trains on the soft targets λ·y + (1 − λ)·y[perm] (Bag of Tricks on CIFAR-LT: 1)"))
+    cutmix: float = _opt(0.0, group="recipe", range=(0.0, math.inf), help=(
+        "CutMix α >= 0 (0: off): pastes a box of area 1 − λ, λ ~ Beta(α, α), from a shuffled copy, λ corrected "
+        "to the box's exact area; with --mixup too, each batch uses one of the two with probability 0.5"))
+    drw_from: float | None = _opt(None, group="recipe", range=(0.0, 1.0), help=(
+        "deferred re-weighting for any loss: from this fraction [0, 1] of the epochs on, each class's term is "
+        "also weighted by its class-balanced weight (effective number, β = 0.9999, mean 1) [default: off; "
+        "ldam-drw: 0.8]"))
     # loss family
     loss: str = _opt("autobalance", group="loss", help=(
         "loss of the run: autobalance searches α; the others are fixed losses of the family"))

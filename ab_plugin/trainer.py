@@ -40,6 +40,8 @@ from .evaluation import metrics_of, predict
 from .hypergrad import HypergradEngine
 from .io import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .losses import ParametricCrossEntropy
+from .losses._functional import drw_weights
+from .mixing import mix_images, mix_targets, sample_mix, split_mix
 from .models import split_model
 from .objectives import Metrics, compute_metrics
 from .schedule import lr_at
@@ -117,6 +119,11 @@ class Trainer:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: a :class:`~ab_plugin.policies.ClassPolicy` (its ``sample_params(x, y)`` draws, applied as
             ``policy(x01, y, draws)``, are kept for the hyper-step's replay) or ``None``.
+
+    The training recipe applies to every run kind: ``cfg.mixup`` / ``cfg.cutmix`` mix each augmented,
+    normalised batch (:mod:`ab_plugin.mixing`; the mix's draws travel with the policy's, so the buffer's
+    replay is the same mix) and train on soft targets; ``cfg.drw_from`` gives the loss the class-balanced
+    deferred weights of ``train``'s counts.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
         callbacks: :class:`TrainerCallback` instances.
@@ -150,6 +157,8 @@ class Trainer:
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.drw_from is not None:  # the one place --drw-from reaches a loss, whatever built it
+            loss.defer_weights(drw_weights(train.class_counts()), cfg.drw_from)
         self.loss = loss.to(self.device)
         self.policy = policy.to(self.device) if policy is not None else None
         self.train_data, self.upper = train, upper
@@ -171,6 +180,10 @@ class Trainer:
         self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False)
         self.bilevel = self._make_bilevel() if upper is not None else None
+        if self.bilevel is not None and not self.bilevel.uses_features and (cfg.mixup or cfg.cutmix):
+            # those engines recompute training batches with fresh draws: a fresh mix would not match the targets
+            raise ValueError(f"--mixup / --cutmix need the head engine in a search (the {cfg.engine} engine does "
+                             "not replay the mix its buffered targets were made with): use --engine head")
         self.pipeline = Pipeline(self.model, self.features, self.classifier, self._train_input,
                                  lambda x: self._model_input(x), self._val_batches, self._autocast, self.optimizer)
         self.state = TrainState()
@@ -236,11 +249,15 @@ class Trainer:
     def _model_input(self, x: torch.Tensor, y: torch.Tensor | None = None, draws: Draws | None = None, *,
                      augment: bool = False) -> torch.Tensor:
         """A batch as stored (uint8 or [0, 1] float) -> the model's input: augmented (with ``draws`` when given,
-        else fresh ones) when ``augment``, normalised, channels-last when configured."""
+        else fresh ones) when ``augment``, normalised, mixed when ``draws`` hold a mix, channels-last when
+        configured. ``y`` may be soft targets when ``draws`` hold a mix (it carries the labels)."""
+        policy_draws, mix = split_mix(draws)
         x01 = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         if augment and self.policy is not None:
-            x01 = self.policy(x01, y, draws)
+            x01 = self.policy(x01, y if mix is None else mix["mix_labels"], policy_draws)
         xn = normalize(x01, self.mean, self.std)
+        if augment and mix is not None:
+            xn = mix_images(xn, mix)
         return xn.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else xn
 
     def _train_input(self, x: torch.Tensor, y: torch.Tensor, draws: Draws | None) -> torch.Tensor:
@@ -320,17 +337,27 @@ class Trainer:
             if is_rank_zero():
                 append_jsonl(self.run_dir / METRICS, record)
 
+    def _draws(self, x: torch.Tensor, y: torch.Tensor) -> Draws | None:
+        """The batch's random draws: the policy's (first, as without a mix), then the mix's, in one dict."""
+        draws = self.policy.sample_params(x, y) if self.policy is not None else None
+        mix = sample_mix(y, mixup_alpha=self.cfg.mixup, cutmix_alpha=self.cfg.cutmix)
+        return draws if mix is None else {**(draws or {}), **mix}
+
     def _lower_step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         cfg, st = self.cfg, self.state
         lr = lr_at(st.step, self.steps_per_epoch, cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
-        draws = self.policy.sample_params(x, y) if self.policy is not None else None
+        draws = self._draws(x, y)
         with self._autocast():
-            feats, logits = self._lower(self._train_input(x, y, draws))
+            inputs = self._train_input(x, y, draws)
+            feats, logits = self._lower(inputs)
             logits = logits.float()
+        _, mix = split_mix(draws)
+        # a mixed batch trains on (and is buffered with) soft targets [B, C]
+        target = y if mix is None else mix_targets(logits.shape[1], mix, *inputs.shape[-2:])
         # the union's loss on every rank; DDP averages the ranks' gradients of N × their share into the union's
-        loss = union_share(self.loss)(logits, y)
+        loss = union_share(self.loss)(logits, target)
         if not torch.isfinite(loss):
             self._bad(f"non-finite training loss at step {st.step}")
             st.skipped_steps += 1
@@ -341,7 +368,7 @@ class Trainer:
             inputs=[p for p in self.model.parameters() if p.requires_grad])
         self.optimizer.step()
         if self.bilevel is not None:
-            self.bilevel.push(y, features=feats, inputs=x, draws=draws)
+            self.bilevel.push(target, features=feats, inputs=x, draws=draws)
         return float(loss.detach())
 
     @torch.no_grad()

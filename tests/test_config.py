@@ -84,3 +84,17 @@ def test_from_yaml_takes_a_run_folders_config_and_refuses_aliases(tmp_path):
     path.write_text("learn: &l [logit_bias]\nmilestones: [0.5]\nengine_options: {x: *l}\n")
     with pytest.raises(ValueError, match=r"uses a YAML alias \(\*l, line 3\): write the value out"):
         Config.from_yaml(path)
+
+
+def test_recipe_knobs_round_trip_through_yaml_and_stay_off_by_default(tmp_path):
+    import yaml
+
+    assert (Config().mixup, Config().cutmix, Config().drw_from) == (0.0, 0.0, None)
+    cfg = Config(mixup=1, cutmix=0.5, drw_from=0.8)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert Config.from_yaml(path) == cfg and isinstance(Config.from_yaml(path).mixup, float)
+    with pytest.raises(ValueError, match=r"--drw-from must be in \[0, 1\]"):
+        Config(drw_from=1.5).validate()
+    with pytest.raises(ValueError, match=r"--mixup must be in \[0, inf\]"):
+        Config(mixup=-1.0).validate()

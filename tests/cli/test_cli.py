@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ab_plugin.cli import main
@@ -124,3 +125,15 @@ def test_option_help_and_baseline_choices_come_from_the_registries():
     assert f"one of {', '.join(list_engines())}" in text and f"one of {', '.join(list_sharings())}" in text
     res = CliRunner().invoke(main, ["baseline", "magic"])
     assert res.exit_code == 2 and all(n in res.output for n in list_losses() if n != "autobalance")
+
+
+def test_baseline_with_the_recipe_knobs_runs_and_saves_them(tmp_path):
+    text = " ".join(_run(["baseline", "--help"]).output.split())
+    assert "Training recipe: mixup / CutMix and deferred re-weighting" in text
+    assert all(f"--{name} " in text for name in ("mixup", "cutmix", "drw-from"))
+    out = tmp_path / "la"
+    res = _run(["baseline", "la", *SMALL, "--epochs", "5", "--mixup", "1", "--drw-from", "0.8", "--out", str(out),
+                "--format", "json"])
+    assert json.loads(res.stdout)["final"] == "baseline-la"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["mixup"], saved["cutmix"], saved["drw_from"]) == (1.0, 0.0, 0.8)

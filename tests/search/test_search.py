@@ -46,9 +46,11 @@ def test_every_engine_moves_alpha(tiny_bundle, engine):
         assert not np.allclose(res.alpha[key], start[key]), key
 
 
-@pytest.mark.parametrize("augment", ["none", "learned"])  # learned: the replayed batch's draws are checkpointed
-def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment):
-    cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25, "augment": augment})
+# learned: the replayed batch's draws are checkpointed; with mixup / CutMix the mix's draws too
+@pytest.mark.parametrize(("augment", "recipe"), [("none", {}), ("learned", {}),
+                                                 ("learned", {"mixup": 1.0, "cutmix": 1.0, "drw_from": 0.5})])
+def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment, recipe):
+    cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25, "augment": augment, **recipe})
 
     def net() -> TinyNet:  # the same initial weights for every run, whatever ran before in this process
         torch.manual_seed(0)

@@ -123,6 +123,9 @@ class Config:
     cutmix: float = _opt(0.0, group="recipe", range=(0.0, math.inf), help=(
         "CutMix α >= 0 (0: off): pastes a box of area 1 − λ, λ ~ Beta(α, α), from a shuffled copy, λ corrected "
         "to the box's exact area; with --mixup too, each batch uses one of the two with probability 0.5"))
+    mixup_off: float | None = _opt(None, group="recipe", range=(0.0, 1.0), help=(
+        "from this fraction [0, 1] of the epochs on, train without mixup / CutMix (Bag of Tricks' fine-tuning "
+        "after mixup) [default: mix to the end]"))
     drw_from: float | None = _opt(None, group="recipe", range=(0.0, 1.0), help=(
         "deferred re-weighting for any loss: from this fraction [0, 1] of the epochs on, each class's term is "
         "also weighted by its class-balanced weight (effective number, β = 0.9999, mean 1) [default: off; "

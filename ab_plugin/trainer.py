@@ -119,14 +119,14 @@ class Trainer:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         policy: a :class:`~ab_plugin.policies.ClassPolicy` (its ``sample_params(x, y)`` draws, applied as
             ``policy(x01, y, draws)``, are kept for the hyper-step's replay) or ``None``.
-
-    The training recipe applies to every run kind: ``cfg.mixup`` / ``cfg.cutmix`` mix each augmented,
-    normalised batch (:mod:`ab_plugin.mixing`; the mix's draws travel with the policy's, so the buffer's
-    replay is the same mix) and train on soft targets; ``cfg.drw_from`` gives the loss the class-balanced
-    deferred weights of ``train``'s counts.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
         callbacks: :class:`TrainerCallback` instances.
+
+    The training recipe applies to every run kind: ``cfg.mixup`` / ``cfg.cutmix`` mix each augmented,
+    normalised batch until ``cfg.mixup_off`` (:mod:`ab_plugin.mixing`; the mix's draws travel with the
+    policy's, so the buffer's replay is the same mix) and train on soft targets; ``cfg.drw_from`` gives the
+    loss the class-balanced deferred weights of ``train``'s counts.
 
     Under ``torchrun`` (a default process group of N ranks) the run is the single-process run on the
     union of the ranks' batches: each rank takes its ``1/N`` of every global batch of ``cfg.batch_size``,
@@ -338,9 +338,13 @@ class Trainer:
                 append_jsonl(self.run_dir / METRICS, record)
 
     def _draws(self, x: torch.Tensor, y: torch.Tensor) -> Draws | None:
-        """The batch's random draws: the policy's (first, as without a mix), then the mix's, in one dict."""
+        """The batch's random draws: the policy's (first, as without a mix), then the mix's (until ``mixup_off``),
+        in one dict."""
+        cfg = self.cfg
         draws = self.policy.sample_params(x, y) if self.policy is not None else None
-        mix = sample_mix(y, mixup_alpha=self.cfg.mixup, cutmix_alpha=self.cfg.cutmix)
+        if cfg.mixup_off is not None and self.state.epoch >= cfg.mixup_off * cfg.epochs:
+            return draws
+        mix = sample_mix(y, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
         return draws if mix is None else {**(draws or {}), **mix}
 
     def _lower_step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:

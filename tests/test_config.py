@@ -89,8 +89,8 @@ def test_from_yaml_takes_a_run_folders_config_and_refuses_aliases(tmp_path):
 def test_recipe_knobs_round_trip_through_yaml_and_stay_off_by_default(tmp_path):
     import yaml
 
-    assert (Config().mixup, Config().cutmix, Config().drw_from) == (0.0, 0.0, None)
-    cfg = Config(mixup=1, cutmix=0.5, drw_from=0.8)
+    assert (Config().mixup, Config().cutmix, Config().mixup_off, Config().drw_from) == (0.0, 0.0, None, None)
+    cfg = Config(mixup=1, cutmix=0.5, mixup_off=0.9, drw_from=0.8)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     assert Config.from_yaml(path) == cfg and isinstance(Config.from_yaml(path).mixup, float)

@@ -121,3 +121,23 @@ def test_ldam_drw_keeps_its_own_point_unless_drw_from_is_given(tiny_bundle):
         cfg = Config(**{**TINY, "epochs": 5}, dataset="blobs", augment="none", drw_from=drw_from)
         train_baseline("ldam-drw", tiny_bundle, cfg, model=TinyNet(4), callbacks=[seen])
         assert [seen.by_epoch[e] is not None for e in range(5)] == [e >= first_deferred for e in range(5)]
+
+
+def test_mixup_off_trains_the_last_epochs_on_hard_labels(tiny_bundle):
+    shapes = {}
+
+    class Targets(TrainerCallback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch > 0:
+                return
+            forward = trainer.loss.forward
+
+            def recorded(z, t):
+                shapes[trainer.state.epoch] = t.ndim
+                return forward(z, t)
+
+            trainer.loss.forward = recorded
+
+    cfg = Config(**{**TINY, "epochs": 4}, dataset="blobs", augment="none", mixup=1.0, mixup_off=0.75)
+    train_baseline("ce", tiny_bundle, cfg, model=TinyNet(4), callbacks=[Targets()])
+    assert shapes == {0: 2, 1: 2, 2: 2, 3: 1}  # soft targets [B, C] until 0.75 · 4 epochs, labels [B] after

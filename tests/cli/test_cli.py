@@ -130,7 +130,7 @@ def test_option_help_and_baseline_choices_come_from_the_registries():
 def test_baseline_with_the_recipe_knobs_runs_and_saves_them(tmp_path):
     text = " ".join(_run(["baseline", "--help"]).output.split())
     assert "Training recipe: mixup / CutMix and deferred re-weighting" in text
-    assert all(f"--{name} " in text for name in ("mixup", "cutmix", "drw-from"))
+    assert all(f"--{name} " in text for name in ("mixup", "cutmix", "mixup-off", "drw-from"))
     out = tmp_path / "la"
     res = _run(["baseline", "la", *SMALL, "--epochs", "5", "--mixup", "1", "--drw-from", "0.8", "--out", str(out),
                 "--format", "json"])

@@ -29,6 +29,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 BASELINES = ["ce", "la", "ldam-drw", "cdt", "vs"]
+#: Bag of Tricks (Zhang et al., AAAI 2021) on CIFAR-10-LT: its best combination is input mixup, DRW and
+#: balanced softmax. BagofTricks-LT's configs give α = 1.0 (configs/cao_cifar/mixup/input_mixup/
+#: cifar10_im100_im_alpha10.yaml: COMBINER mix_up, ALPHA 1.0) and DRW from epoch 160 of 200
+#: (two_stage/drw/bsce/cifar10_im100.yaml: BalancedSoftmaxCE, START_EPOCH 160, MAX_EPOCH 200), so 0.8 of the
+#: epochs here. Balanced softmax is la with τ = 1 (tests/losses/test_parametric.py). Each rival: the loss, then
+#: its Config changes.
+MIXUP_DRW = {"mixup": 1.0, "drw_from": 0.8}
+RIVALS = {
+    "bs-mixup-drw": ("la", {"tau": 1.0, **MIXUP_DRW}),
+    "ce-mixup-drw": ("ce", MIXUP_DRW),
+}
 AUTOBALANCE = {
     "ab-l": {"init": "neutral", "learn": ("logit_bias",)},
     "ab-delta": {"init": "neutral", "learn": ("logit_scale",)},
@@ -37,8 +48,10 @@ AUTOBALANCE = {
     "ab-dl-generic": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "generic"},
     "ab-dl-aug": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "learned"},
     "ab-tau": {"init": "la", "learn": ("tau",)},
+    # the default search on the rivals' recipe, for the search and the retrain alike
+    "ab-dl-la-mixup-drw": {"init": "la", "learn": ("logit_bias", "logit_scale"), **MIXUP_DRW},
 }
-METHODS = BASELINES + list(AUTOBALANCE)
+METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,9 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"method": method, "seed": seed}
     method, overrides = parse_method(method)
-    if method in BASELINES:
-        res = train_baseline(method, bundle, _cfg(Config, base, loss=method))
+    if method in BASELINES or method in RIVALS:
+        loss, recipe = RIVALS.get(method, (method, {}))
+        res = train_baseline(loss, bundle, _cfg(Config, base, loss=loss, **{**recipe, **overrides}))
         out["train_seconds"] = res.seconds
     else:
         ab = AUTOBALANCE[method]

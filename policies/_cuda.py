@@ -173,8 +173,8 @@ class CudaPolicy(nn.Module, TrainerCallback):
 
         logits, _ = predict_batches(trainer.model, inputs(), device=trainer.device, channels_last=cfg.channels_last,
                                     amp=cfg.amp, features=False)
-        correct = cat_ranks(logits.argmax(dim=1).cpu() == classes[part])
-        return trial_accuracies(correct, classes, strengths, self.num_classes, self.max_level + 1)
+        correct = (logits.argmax(dim=1) == classes[part].to(logits.device)).long()  # long: gathered on any backend
+        return trial_accuracies(cat_ranks(correct).bool(), classes, strengths, self.num_classes, self.max_level + 1)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, ops={list(self.ops)}, gamma={self.gamma:g}, trials={self.trials}, "

@@ -23,7 +23,7 @@ policy only):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -127,29 +127,23 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask[:, None, None, None], new, old)
 
 
-def _warp(x: Tensor, chosen: Any, signed: Any, magnitude: Tensor, draws: dict[str, Tensor], slots: int) -> Tensor:
+def _warp(x: Tensor, chosen: Callable[[str], Tensor], signed: Callable[[str], Tensor], magnitude: Tensor,
+          draws: dict[str, Tensor], slots: int) -> Tensor:
     """Every slot's geometric op as one affine matrix per image, composed in slot order, applied by one warp;
     images without a geometric draw keep their pixels exactly."""
     b, _, h, w = x.shape
-    size = x.new_tensor([float(w), float(h)])
-    axis = draws["shear_axis"][:, :slots]
-    shear = signed("shear")
-    shift = (chosen("translate") * magnitude * OPS["translate"].max_value)[..., None] \
-        * draws["translate_direction"][:, :slots].to(x.dtype) * size  # [B, S, 2] pixels
-    matrix = torch.eye(3, dtype=x.dtype, device=x.device).expand(b, 3, 3)
-    for j in range(slots):
-        step = _ops.affine_matrix(
-            translation=shift[:, j],
-            angle=signed("rotate")[:, j],
-            zoom=1.0 + signed("scale")[:, j],
-            shear=torch.stack([torch.where(axis[:, j], shear[:, j], 0.0), torch.where(axis[:, j], 0.0, shear[:, j])],
-                              -1),
-            mirror=torch.ones(b, dtype=x.dtype, device=x.device),
-            height=h,
-            width=w,
-        )
-        matrix = step @ matrix  # slot j acts after slots 0 .. j - 1
-    geometric = sum(chosen(name) for name in ("translate", "rotate", "shear", "scale")).gt(0).any(dim=1)
+    geometric = sum(chosen(name) for name in ("translate", "rotate", "shear", "scale")).gt(0).any(dim=1)  # [B]
     if not bool(geometric.any()):
         return x
+    size = x.new_tensor([float(w), float(h)])
+    axis = draws["shear_axis"][:, :slots]
+    angle, zoom, shear = signed("rotate"), 1.0 + signed("scale"), signed("shear")  # [B, S] each
+    shear_xy = torch.stack([torch.where(axis, shear, 0.0), torch.where(axis, 0.0, shear)], -1)  # [B, S, 2]
+    shift = (chosen("translate") * magnitude * OPS["translate"].max_value)[..., None] \
+        * draws["translate_direction"][:, :slots].to(x.dtype) * size  # [B, S, 2] pixels
+    mirror = torch.ones(b, dtype=x.dtype, device=x.device)
+    matrix = torch.eye(3, dtype=x.dtype, device=x.device).expand(b, 3, 3)
+    for j in range(slots):
+        step = _ops.affine_matrix(shift[:, j], angle[:, j], zoom[:, j], shear_xy[:, j], mirror, height=h, width=w)
+        matrix = step @ matrix  # slot j acts after slots 0 .. j - 1
     return _where(geometric, _ops.warp(x, matrix), x)

@@ -104,7 +104,8 @@ class Config:
     # augmentation
     augment: str = _opt("fixed", group="augment", help=(
         "fixed: crop + flip; generic: one learned policy for all classes; learned: a per-class learned policy "
-        "(PDA); none: no augmentation"))
+        "(PDA); cuda: crop + flip, then CUDA's per-class curriculum of op count and strength (not learned; a "
+        "retrain starts its own); none: no augmentation"))
     augment_init_probability: float = _opt(0.1, group="augment", help=(
         "generic / learned: probability (0, 1) each op starts with (near the identity: rarely applied); the "
         "upper level grows it"))

@@ -109,6 +109,28 @@ def plot_augmentation_movement(counts: Sequence[int], movement: dict[str, Any], 
     plt.close(fig)
 
 
+def plot_augmentation_levels(histories: dict[str, Sequence[dict[str, Any]]], key: str, path: Path) -> None:
+    """Each class's augmentation strength level (a curriculum's, ``--augment cuda``) after every epoch, one
+    panel per stage (``histories``: stage name -> its per-epoch records, levels ``[C]`` under ``key``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.6), squeeze=False)
+    for ax, (stage, history) in zip(axes[0], histories.items(), strict=True):
+        epochs = [h["epoch"] for h in history]
+        series = list(zip(*[h[key] for h in history], strict=True))
+        for c, s in enumerate(series):
+            ax.plot(epochs, s, "o-", ms=3, label=str(c) if len(series) <= 10 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("level (after the epoch's update)")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(stage)
+        ax.grid(alpha=0.3)
+        if len(series) <= 10:
+            ax.legend(title="class", fontsize=7, ncol=2)
+    fig.suptitle("Per-class augmentation strength levels (CUDA curriculum)")
+    _save(fig, path)
+    plt.close(fig)
+
+
 def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
     """Overall, balanced and worst-class test error (%) per method, and many / medium / few-shot accuracy (%,
     ``-`` for a group without classes); short headers, explained in the caption, so that it fits 80 columns
@@ -129,13 +151,15 @@ def summary_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
 
 
 def per_class_table(result: dict[str, Any]) -> Table:
-    """Per class: name, training count, test error, learned w, l, Δ."""
+    """Per class: name, training count, test error, learned w, l, Δ and, when a curriculum drove the
+    augmentation, the strength level it ended with (``L``)."""
     t = Table(title="Per class")
-    for col in ("class", "count", "test error %", "w", "l", "Δ"):
+    levels = result.get("augmentation_levels")
+    for col in ("class", "count", "test error %", "w", "l", "Δ", *(("L",) if levels else ())):
         t.add_column(col, justify="right" if col != "class" else "left")
     errs = (result.get("test_metrics") or {}).get("per_class_error") or [float("nan")] * len(result["classes"])
     a = result["alpha"]
     for i, name in enumerate(result["classes"]):
         t.add_row(name, str(result["class_counts"][i]), f"{100 * errs[i]:.1f}", f"{a['class_weight'][i]:.3f}",
-                  f"{a['logit_bias'][i]:+.3f}", f"{a['logit_scale'][i]:.3f}")
+                  f"{a['logit_bias'][i]:+.3f}", f"{a['logit_scale'][i]:.3f}", *((str(levels[i]),) if levels else ()))
     return t

@@ -39,7 +39,8 @@ from .warmstart._names import SUMMARY as WARMSTART_SUMMARY
 RESULT = "result.json"
 CONFIG = "config.yaml"
 POLICY = "policy.json"
-PLOTS = ("per_class_error.png", "alpha_vs_frequency.png", "alpha_trajectory.png", "augmentation_movement.png")
+PLOTS = ("per_class_error.png", "alpha_vs_frequency.png", "alpha_trajectory.png", "augmentation_movement.png",
+         "augmentation_levels.png")
 
 
 class RunFolderError(ValueError):
@@ -366,14 +367,25 @@ def augmentation_movement(results: dict[str, RunResult]) -> dict[str, Any] | Non
     return policy_movement(s.augmentation, s.config["augment_init_probability"], s.config["augment_init_magnitude"])
 
 
+def augmentation_levels(result: RunResult) -> dict[str, list[int]]:
+    """``{"augmentation_levels": [C]}``: the per-class strength levels a curriculum policy (``--augment cuda``)
+    ended the stage with; ``{}`` for the other policies."""
+    from .policies._cuda import LEVELS_KEY
+
+    levels = result.history[-1].get(LEVELS_KEY) if result.history else None
+    return {} if levels is None else {"augmentation_levels": levels}
+
+
 def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
     """A run's summary: α*, metrics of the final model (test balanced error under ``balanced_error``),
-    per-stage times and skipped-step counts; ``augmentation_movement`` when the search learned a policy."""
+    per-stage times and skipped-step counts; ``augmentation_movement`` when the search learned a policy,
+    ``augmentation_levels`` (of the final stage, and per stage) when a curriculum drove the augmentation."""
     final_name = final_stage(results)
     final = results[final_name]
     movement = augmentation_movement(results)
     return {
         **({"augmentation_movement": movement} if movement is not None else {}),
+        **augmentation_levels(final),
         "final": final_name,
         "classes": final.classes,
         "class_counts": final.class_counts,
@@ -385,7 +397,7 @@ def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
         "stages": {k: {"method": v.method, "seconds": v.seconds, "test_metrics": v.test_metrics,
                        "val_metrics": v.val_metrics, "hyper_steps": v.hyper_steps,
                        "skipped_steps": v.skipped_steps, "skipped_hyper_steps": v.skipped_hyper_steps,
-                       "steps": v.steps}
+                       "steps": v.steps, **augmentation_levels(v)}
                    for k, v in results.items()},
     }
 
@@ -415,7 +427,14 @@ def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any]
 
 
 def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
-    from .report import plot_alpha_trajectory, plot_alpha_vs_frequency, plot_augmentation_movement, plot_per_class_error
+    from .policies._cuda import LEVELS_KEY
+    from .report import (
+        plot_alpha_trajectory,
+        plot_alpha_vs_frequency,
+        plot_augmentation_levels,
+        plot_augmentation_movement,
+        plot_per_class_error,
+    )
 
     paths = []
     final = results[final_stage(results)]
@@ -442,4 +461,9 @@ def write_plots(out: Path, results: dict[str, RunResult]) -> list[Path]:
             p = out / PLOTS[3]
             plot_augmentation_movement(s.class_counts, movement, p)
             paths.append(p)
+    curricula = {name: r.history for name, r in results.items() if augmentation_levels(r)}
+    if curricula:
+        p = out / PLOTS[4]
+        plot_augmentation_levels(curricula, LEVELS_KEY, p)
+        paths.append(p)
     return paths

@@ -121,7 +121,7 @@ class Trainer:
             ``policy(x01, y, draws)``, are kept for the hyper-step's replay) or ``None``.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
-        callbacks: :class:`TrainerCallback` instances.
+        callbacks: :class:`TrainerCallback` instances (a ``policy`` that is one is called first).
 
     The training recipe applies to every run kind: ``cfg.mixup`` / ``cfg.cutmix`` mix each augmented,
     normalised batch until ``cfg.mixup_off`` (:mod:`ab_plugin.mixing`; the mix's draws travel with the
@@ -164,7 +164,8 @@ class Trainer:
         self.train_data, self.upper = train, upper
         self.mean, self.std = tuple(mean), tuple(std)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = list(callbacks)
+        # a policy with hooks (cuda's curriculum) runs them first: the other callbacks see what it records
+        self.callbacks = [*([self.policy] if isinstance(self.policy, TrainerCallback) else []), *callbacks]
         self.features, self.classifier = split_model(self.model)
         groups = self._param_groups()  # before DDP, which must see the frozen parameters as frozen
         if cfg.batch_size % world_size():

@@ -4,6 +4,8 @@
   differentiable augmentation (kornia-style relaxed Bernoulli gates and reparameterised magnitudes),
   optionally shared across classes through a basis ``D [C, k]`` (``generic``: one policy for all classes);
   :data:`OPS`: the operations, with their magnitude ranges.
+- :class:`CudaPolicy` (``create_policy("cuda", C)``): CUDA's per-class curriculum of augmentation strength
+  levels on the same ops, moved after every epoch by the model's accuracy on augmented training images.
 - :class:`PolicyFile`, :func:`save_policy`, :func:`load_policy` (:class:`PolicyFileError`): versioned JSON
   export / import (data only, format :data:`FORMAT_VERSION`); :func:`policy_from_module` /
   :func:`policy_to_module` convert between a :class:`ClassPolicy` and the file's ``augmentation`` entry.
@@ -13,6 +15,7 @@
 - :func:`policy_movement`: how far a searched policy moved from its start, per class and op.
 """
 
+from ._cuda import CudaPolicy
 from ._file import (
     FORMAT_VERSION,
     PolicyFile,
@@ -36,6 +39,7 @@ __all__ = [
     "FORMAT_VERSION",
     "OPS",
     "ClassPolicy",
+    "CudaPolicy",
     "PerClassTransform",
     "PerClassTransformV2",
     "PolicyFile",

@@ -16,7 +16,7 @@ from . import _ops
 from ._cutout import Cutout
 from ._ops import COLOR_OPS, GEOMETRIC_OPS, OPS
 
-__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "POLICY_KINDS", "LEARNED_KINDS",
+__all__ = ["ClassPolicy", "create_policy", "list_policies", "DEFAULT_OPS", "POLICIES", "LEARNED_KINDS",
            "LOGIT_LIMIT"]
 
 DEFAULT_OPS: tuple[str, ...] = (
@@ -437,7 +437,7 @@ class ClassPolicy(nn.Module):
         )
 
 
-POLICIES: Registry[ClassPolicy | None] = Registry("policy kind")
+POLICIES: Registry[nn.Module | None] = Registry("policy kind")
 
 
 @POLICIES.register("learned")
@@ -468,24 +468,23 @@ def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
     return None
 
 
-POLICY_KINDS: tuple[str, ...] = tuple(POLICIES.names())
-
 LEARNED_KINDS: tuple[str, ...] = ("generic", "learned")
 """Kinds whose probabilities and magnitudes the search learns (``generic``: one policy for all classes;
 ``learned``: one per class, PDA, shared through the loss's basis)."""
 
 
-def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> ClassPolicy | None:
+def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> nn.Module | None:
     """Create an augmentation policy by kind.
 
     Args:
         kind: ``"learned"`` (learnable per-class :class:`ClassPolicy`, PDA), ``"generic"`` (one learnable
             policy shared by all classes), ``"fixed"`` (the standard CIFAR random crop with 4 px zero padding
-            + horizontal flip, no parameters) or ``"none"`` (no augmentation).
+            + horizontal flip, no parameters), ``"cuda"`` (CUDA's per-class curriculum,
+            :class:`~ab_plugin.policies.CudaPolicy`) or ``"none"`` (no augmentation).
         num_classes: number of classes ``C``.
         basis: optional ``[C, k]`` sharing matrix for ``"learned"``.
         **kw: forwarded to :class:`ClassPolicy` (``"learned"``, ``"generic"``; ``"fixed"`` accepts ``padding``
-            only).
+            only) or :class:`~ab_plugin.policies.CudaPolicy` (``"cuda"``).
 
     Returns:
         a module ``policy(x, y) -> x`` or ``None`` for ``"none"`` (callers skip augmentation).

@@ -14,10 +14,12 @@ def test_augmentation_defaults_keep_pda_off():
     assert cfg.augment not in LEARNED_KINDS  # nothing of A is learned unless asked for
     for kind in LEARNED_KINDS:  # and the defaults of the learned kinds are valid when it is
         cfg.replace(augment=kind).validate()
+    cfg.replace(augment="cuda").validate()  # CUDA's curriculum, a rival that learns nothing
+    assert "cuda" not in LEARNED_KINDS
 
 
 @pytest.mark.parametrize(("key", "value", "pattern"), [
-    ("augment", "pda", "unknown --augment 'pda': choose from learned, fixed, generic, none"),
+    ("augment", "pda", "unknown --augment 'pda': choose from learned, fixed, generic, none, cuda"),
     ("augment_init_probability", 1.0, "--augment-init-probability must be in the open interval"),
     ("augment_init_magnitude", 0.0, "--augment-init-magnitude must be in the open interval"),
     ("augment_entropy", -0.1, "--augment-entropy must be >= 0"),

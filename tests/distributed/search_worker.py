@@ -1,7 +1,8 @@
 """A short search through the Python API, run alone or by each rank of ``torchrun``: ``OUT/rank{r}.pt`` holds α.
 
-The network has no BatchNorm and augmentation is off, so the only difference between 1 and N ranks left is
-the order of floating-point sums: the α of the two runs must agree to rounding.
+The network has no BatchNorm and augmentation is off (unless a second argument names a kind), so the only
+difference between 1 and N ranks left is the order of floating-point sums: the α of the two runs must agree to
+rounding.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ class Net(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def main(out: Path) -> None:
-    cfg = Config(epochs=2, batch_size=32, interval=2, upper_start=0.0, augment="none", device="cpu", seed=0)
+def main(out: Path, augment: str = "none") -> None:
+    cfg = Config(epochs=2, batch_size=32, interval=2, upper_start=0.0, augment=augment, device="cpu", seed=0)
     with process_group(torch.device("cpu")):
         bundle = load_bundle(cfg)
         torch.manual_seed(0)
         result = AutoBalance(cfg).fit(bundle, model=Net(bundle.train.num_classes))
-        torch.save({"alpha": result.alpha, "hyper_steps": result.hyper_steps}, out / f"rank{rank()}.pt")
+        levels = [h.get("augmentation_levels") for h in result.history]  # with --augment cuda
+        torch.save({"alpha": result.alpha, "hyper_steps": result.hyper_steps, "levels": levels},
+                   out / f"rank{rank()}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

@@ -15,11 +15,11 @@ import torch
 WORKER = Path(__file__).with_name("search_worker.py")
 
 
-def _run(out: Path, ranks: int) -> list[dict]:
+def _run(out: Path, ranks: int, *args: str) -> list[dict]:
     out.mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     launch = torchrun if ranks > 1 else [sys.executable]
-    res = subprocess.run([*launch, str(WORKER), str(out)], capture_output=True, text=True, timeout=600,
+    res = subprocess.run([*launch, str(WORKER), str(out), *args], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt") for r in range(ranks)]
@@ -32,3 +32,9 @@ def test_two_ranks_end_with_the_alpha_of_one_process(tmp_path):
     for k, ref in one["alpha"].items():
         ref, got = torch.tensor(ref), torch.tensor(r0["alpha"][k])
         assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-5, k
+
+
+def test_cuda_levels_are_tested_in_shares_and_agree_on_every_rank(tmp_path):
+    r0, r1 = _run(tmp_path / "cuda", 2, "cuda")
+    assert r0["levels"] == r1["levels"] and len(r0["levels"]) == 2
+    assert all(len(lv) == 10 for lv in r0["levels"])

@@ -126,7 +126,8 @@ class Trainer:
     The training recipe applies to every run kind: ``cfg.mixup`` / ``cfg.cutmix`` mix each augmented,
     normalised batch until ``cfg.mixup_off`` (:mod:`ab_plugin.mixing`; the mix's draws travel with the
     policy's, so the buffer's replay is the same mix) and train on soft targets; ``cfg.drw_from`` gives the
-    loss the class-balanced deferred weights of ``train``'s counts.
+    loss the class-balanced deferred weights of ``train``'s counts; ``cfg.rebalance_from`` keeps it plain
+    cross-entropy until then.
 
     Under ``torchrun`` (a default process group of N ranks) the run is the single-process run on the
     union of the ranks' batches: each rank takes its ``1/N`` of every global batch of ``cfg.batch_size``,
@@ -159,6 +160,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.drw_from is not None:  # the one place --drw-from reaches a loss, whatever built it
             loss.defer_weights(drw_weights(train.class_counts()), cfg.drw_from)
+        if cfg.rebalance_from is not None:
+            if upper is not None:  # α's hypergradient assumes the lower level trains with α all along
+                raise ValueError("--rebalance-from is for baselines and retrains: a search applies the α it learns "
+                                 "from the start")
+            loss.defer_rebalancing(cfg.rebalance_from)
         self.loss = loss.to(self.device)
         self.policy = policy.to(self.device) if policy is not None else None
         self.train_data, self.upper = train, upper

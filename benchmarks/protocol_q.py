@@ -33,12 +33,15 @@ BASELINES = ["ce", "la", "ldam-drw", "cdt", "vs"]
 #: balanced softmax. BagofTricks-LT's configs give α = 1.0 (configs/cao_cifar/mixup/input_mixup/
 #: cifar10_im100_im_alpha10.yaml: COMBINER mix_up, ALPHA 1.0) and DRW from epoch 160 of 200
 #: (two_stage/drw/bsce/cifar10_im100.yaml: BalancedSoftmaxCE, START_EPOCH 160, MAX_EPOCH 200), so 0.8 of the
-#: epochs here. Balanced softmax is la with τ = 1 (tests/losses/test_parametric.py). Each rival: the loss, then
-#: its Config changes.
-MIXUP_DRW = {"mixup": 1.0, "drw_from": 0.8}
+#: epochs here. Their DRW of balanced softmax is a switch (lib/loss/loss_impl/balanced_softmax_cross_entropy_loss.py,
+#: ``update``: the log n_c shift is all ones, i.e. plain CE, until START_EPOCH), not class-balanced weights on
+#: top of it: ``rebalance_from``. Balanced softmax is la with τ = 1 (tests/losses/test_parametric.py).
+#: ``ce-mixup-drw`` is LDAM-DRW's deferred class-balanced re-weighting of CE with mixup. Each rival: the loss,
+#: then its Config changes.
+MIXUP = {"mixup": 1.0}
 RIVALS = {
-    "bs-mixup-drw": ("la", {"tau": 1.0, **MIXUP_DRW}),
-    "ce-mixup-drw": ("ce", MIXUP_DRW),
+    "bs-mixup-drw": ("la", {"tau": 1.0, **MIXUP, "rebalance_from": 0.8}),
+    "ce-mixup-drw": ("ce", {**MIXUP, "drw_from": 0.8}),
 }
 AUTOBALANCE = {
     "ab-l": {"init": "neutral", "learn": ("logit_bias",)},
@@ -48,8 +51,9 @@ AUTOBALANCE = {
     "ab-dl-generic": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "generic"},
     "ab-dl-aug": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "learned"},
     "ab-tau": {"init": "la", "learn": ("tau",)},
-    # the default search on the rivals' recipe, for the search and the retrain alike
-    "ab-dl-la-mixup-drw": {"init": "la", "learn": ("logit_bias", "logit_scale"), **MIXUP_DRW},
+    # the default search with the rivals' mixup, for the search and the retrain alike (the search learns the
+    # re-balancing itself, so it takes no deferral)
+    "ab-dl-la-mixup": {"init": "la", "learn": ("logit_bias", "logit_scale"), **MIXUP},
 }
 METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 

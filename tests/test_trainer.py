@@ -141,3 +141,17 @@ def test_mixup_off_trains_the_last_epochs_on_hard_labels(tiny_bundle):
     cfg = Config(**{**TINY, "epochs": 4}, dataset="blobs", augment="none", mixup=1.0, mixup_off=0.75)
     train_baseline("ce", tiny_bundle, cfg, model=TinyNet(4), callbacks=[Targets()])
     assert shapes == {0: 2, 1: 2, 2: 2, 3: 1}  # soft targets [B, C] until 0.75 · 4 epochs, labels [B] after
+
+
+def test_rebalance_from_trains_plain_ce_first_and_a_search_refuses_it(tiny_bundle):
+    plain = {}
+
+    class Plain(TrainerCallback):
+        def on_step_end(self, trainer, step, loss):
+            plain[trainer.state.epoch] = trainer.loss._plain
+
+    cfg = Config(**{**TINY, "epochs": 4}, dataset="blobs", augment="none", rebalance_from=0.5)
+    train_baseline("la", tiny_bundle, cfg, model=TinyNet(4), callbacks=[Plain()])
+    assert plain == {0: True, 1: True, 2: False, 3: False}
+    with pytest.raises(ValueError, match="rebalance-from"):
+        AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))

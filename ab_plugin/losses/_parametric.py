@@ -103,6 +103,9 @@ class ParametricCrossEntropy(nn.Module):
         self.register_buffer("deferred_weight", None)
         self.defer_from = 1.0
         self._deferred_active = False
+        # deferred re-balancing (Bag of Tricks' DRW for balanced softmax, --rebalance-from): plain CE until then
+        self.rebalance_from = 0.0
+        self._plain = False
 
     @staticmethod
     def _weight_to_logits(w: torch.Tensor) -> torch.Tensor:
@@ -177,12 +180,22 @@ class ParametricCrossEntropy(nn.Module):
         self.deferred_weight = weights.to(self.tau_raw.device)
         self.defer_from = float(from_fraction)
 
+    def defer_rebalancing(self, from_fraction: float) -> None:
+        """Deferred re-balancing: before ``from_fraction`` of training (see :meth:`set_progress`) the loss is
+        plain cross-entropy (no ``w``, ``l``, ``Δ``, margins or deferred weights); from it on, the loss as built.
+        Bag of Tricks' "DRW" of balanced softmax is this switch (BagofTricks-LT, ``BalancedSoftmaxCE.update``)."""
+        self.rebalance_from = float(from_fraction)
+        self._plain = self.rebalance_from > 0
+
     def set_progress(self, fraction: float) -> None:
-        """Tell the loss how far training is (0..1); used by deferred re-weighting."""
+        """Tell the loss how far training is (0..1); used by deferred re-weighting and re-balancing."""
         self._deferred_active = self.deferred_weight is not None and fraction >= self.defer_from
+        self._plain = fraction < self.rebalance_from
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch; ``logits`` ``[B, C]``, ``target`` ``[B]`` labels or ``[B, C]`` soft."""
+        if self._plain:
+            return parametric_cross_entropy(logits, target)
         return parametric_cross_entropy(
             logits,
             target,

@@ -250,3 +250,15 @@ def test_balanced_softmax_is_la_with_tau_one():
     p = n * z.exp() / (n * z.exp()).sum(dim=1, keepdim=True)
     balanced_softmax = -p[torch.arange(64), y].log().mean()
     assert torch.allclose(create_loss("la", COUNTS, tau=1.0)(z, y), balanced_softmax, atol=1e-6)
+
+
+def test_deferred_rebalancing_is_plain_ce_until_the_fraction():
+    """Bag of Tricks' DRW of balanced softmax: F.cross_entropy(z) before the switch, z + log π after it."""
+    z, y = _batch()
+    loss = create_loss("la", COUNTS, tau=1.0)
+    loss.defer_rebalancing(0.8)
+    assert torch.allclose(loss(z, y), F.cross_entropy(z, y), atol=1e-6)  # before any set_progress
+    loss.set_progress(0.79)
+    assert torch.allclose(loss(z, y), F.cross_entropy(z, y), atol=1e-6)
+    loss.set_progress(0.8)
+    assert torch.allclose(loss(z, y), F.cross_entropy(z + la_bias(COUNTS, 1.0), y), atol=1e-6)

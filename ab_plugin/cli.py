@@ -299,6 +299,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     """Evaluate a run's trained model on its test set (balanced, worst-class, per-class error; many / medium /
     few-shot accuracy)."""
     from .evaluation import evaluate as evaluate_model
+    from .inputs import normalization
     from .io import load_checkpoint
     from .report import summary_table
     from .runs import load_bundle, read_run
@@ -321,7 +322,8 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     model = build_model(cfg, bundle.train.num_classes, loss_name)
     model.load_state_dict(ck["model"])
     device = resolve_device(cfg.device)
-    m = evaluate_model(model.to(device), bundle.test, mean=bundle.mean, std=bundle.std, device=device,
+    mean, std = normalization(cfg, model, bundle)
+    m = evaluate_model(model.to(device), bundle.test, mean=mean, std=std, device=device,
                        channels_last=cfg.channels_last, amp=cfg.amp, num_workers=cfg.loader_workers,
                        train_counts=bundle.train.class_counts().tolist()).to_dict()
     summary = {"stage": stage, "test_metrics": m, "balanced_error": m["balanced_error"]}

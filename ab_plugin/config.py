@@ -74,6 +74,11 @@ class Config:
     image_size: int | None = _opt(None, group="data", range=(1, 8192), help=(
         "pixels (square): list-file datasets' crop size (default 224); the others: resize every image to it "
         "(default: as it is)"))
+    mean: tuple[float, ...] | None = _opt(None, group="data", help=(
+        "per-channel normalisation mean of images scaled to [0, 1] (R,G,B), instead of the dataset's statistics "
+        "or a pretrained timm model's"))
+    std: tuple[float, ...] | None = _opt(None, group="data", help=(
+        "per-channel normalisation std (R,G,B, > 0), instead of the dataset's or a pretrained timm model's"))
     # model
     backbone: str = _opt("resnet32", group="model", help=(
         "network: resnet20 | resnet32 | resnet44 | resnet56 | resnet110 (CIFAR ResNets) or any timm model name"))
@@ -261,6 +266,10 @@ class Config:
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.n_max is None or self.n_max >= 1, f"--n-max must be >= 1, got {self.n_max}")
         need(self.image_size is None or self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            need(v is None or len(v) == 3, f"--{name} takes 3 values (R,G,B), got {v and list(v)}")
+        need(self.std is None or min(self.std) > 0, f"--std values must be > 0, got {self.std and list(self.std)}")
         need(self.workers is None or self.workers >= 0,
              f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
         need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
@@ -384,8 +393,14 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         return value
     if kind.startswith("tuple["):
         item = kind[len("tuple["):].split(",")[0]
-        if isinstance(value, str) and item == "str":
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str) and item in ("str", "float"):  # a comma list, as the command line gives it
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            if item == "float":
+                try:
+                    items = [float(v) for v in items]  # type: ignore[misc]
+                except ValueError:
+                    raise bad("a comma list of numbers (e.g. 0.5,0.5,0.5)") from None
+            value = items
         elif not isinstance(value, (list, tuple)):
             raise bad(f"a list of {item} values (e.g. [{'0.5' if item == 'float' else 'logit_bias'}])")
         return tuple(_coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value))

@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 from .config import Config
 from .data import DatasetBundle, create_dataset
 from .distributed import barrier, is_rank_zero
+from .inputs import crop_size
 from .io import atomic_write, write_json
 from .search import AutoBalance, RunResult, retrain, train_baseline
 from .warmstart._names import STUDY_DB, STUDY_JOURNAL
@@ -49,7 +50,7 @@ class RunFolderError(ValueError):
 
 def load_bundle(cfg: Config, download: bool = False) -> DatasetBundle:
     return create_dataset(cfg.dataset, data_dir=cfg.data_dir, imbalance=cfg.imbalance, profile=cfg.profile,
-                          n_max=cfg.n_max, download=download, image_size=cfg.image_size)
+                          n_max=cfg.n_max, download=download, image_size=cfg.image_size, crop_size=crop_size(cfg))
 
 
 def check_inputs(cfg: Config, bundle: DatasetBundle) -> None:

@@ -15,6 +15,7 @@ from .config import Config
 from .data import DatasetBundle, Split, split_per_class
 from .evaluation import metrics_of
 from .hypergrad import create_engine
+from .inputs import normalization
 from .losses import ParametricCrossEntropy, create_loss, create_sharing
 from .losses._parametric import NEEDS_NORMED_HEAD
 from .models import create_backbone
@@ -175,7 +176,8 @@ class AutoBalance:
         policy = create_policy(cfg.augment, train.num_classes, **_policy_options(cfg, basis))
         upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         model = model if model is not None else build_model(cfg, train.num_classes, "autobalance")
-        self.trainer = Trainer(model, loss, train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+        mean, std = normalization(cfg, model, bundle)
+        self.trainer = Trainer(model, loss, train, cfg, mean=mean, std=std, policy=policy,
                                upper=upper, run_dir=run_dir, callbacks=callbacks)
         return self.trainer, val
 
@@ -229,7 +231,8 @@ def retrain(
     else:
         policy = create_policy(_unlearned(cfg.augment), n)
     model = model if model is not None else build_model(cfg, n, "retrain")
-    trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+    mean, std = normalization(cfg, model, bundle)
+    trainer = Trainer(model, loss, bundle.train, cfg, mean=mean, std=std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
     return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test)
@@ -250,7 +253,8 @@ def train_baseline(
     loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
     policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)
     model = model if model is not None else build_model(cfg, bundle.train.num_classes, name)
-    trainer = Trainer(model, loss, bundle.train, cfg, mean=bundle.mean, std=bundle.std, policy=policy,
+    mean, std = normalization(cfg, model, bundle)
+    trainer = Trainer(model, loss, bundle.train, cfg, mean=mean, std=std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
     trainer.fit(resume=resume)
     return _finish(trainer, "baseline", name, bundle.train, bundle.test)

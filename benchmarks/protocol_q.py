@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -60,7 +61,20 @@ METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 
 @dataclass(frozen=True)
 class Protocol:
-    """A benchmark protocol: data size, training recipe, AutoBalance upper-level settings and methods."""
+    """A benchmark protocol: data size, training recipe, AutoBalance upper-level settings and methods.
+
+    The hooks (module-level functions, so that the spawned job processes can unpickle them) let a protocol
+    change what Q does by default:
+
+    - ``bundle(args)``: a job's data (default: the long-tailed ImageFolder tree or zip ``args["data"]``).
+    - ``prepare(args)``: runs once before the jobs; returns the job arguments to use (the protocol's exact
+      settings are judged before it) and a dict of provenance for the meta row.
+    - ``table(path, methods)``: the markdown table of a results file.
+    - ``job_args``: more job arguments (protocol F: the pretraining settings); ``quick``: changes to the job
+      arguments under ``--quick``, after Q's own.
+    - ``cache``: default of ``--cache``, a folder for what the protocol computes once and reuses (F: the
+      pretrained checkpoint); ``None``: no such option.
+    """
 
     name: str
     n_max: int
@@ -69,6 +83,12 @@ class Protocol:
     out: str
     upper: dict[str, Any] = field(default_factory=dict)
     imbalance: float = 100.0
+    bundle: Callable[[dict[str, Any]], Any] | None = None
+    prepare: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    table: Callable[[Path, tuple[str, ...]], str] | None = None
+    job_args: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None
 
 
 Q = Protocol(
@@ -111,14 +131,17 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     from ab_plugin.data import create_dataset
 
     torch.set_num_threads(args["threads"])
-    bundle = create_dataset(f"imagefolder:{args['data']}", imbalance=args["imbalance"], n_max=args["n_max"])
+    if args.get("bundle"):
+        bundle = args["bundle"](args)
+    else:
+        bundle = create_dataset(f"imagefolder:{args['data']}", imbalance=args["imbalance"], n_max=args["n_max"])
     if args.get("test_per_class"):  # smoke runs: a small balanced slice of the test set
         keep = torch.cat([torch.nonzero(bundle.test.targets == c).flatten()[: args["test_per_class"]]
                           for c in range(bundle.test.num_classes)])
         bundle.test = bundle.test.subset(keep)
     base = dict(args["recipe"], dataset="cifar10-lt-q", seed=seed, device=args["device"], amp=args["amp"])
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"method": method, "seed": seed}
+    out: dict[str, Any] = {"method": method, "seed": seed, "train_images": len(bundle.train)}
     method, overrides = parse_method(method)
     if method in BASELINES or method in RIVALS:
         loss, recipe = RIVALS.get(method, (method, {}))
@@ -127,9 +150,12 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     else:
         ab = AUTOBALANCE[method]
         cfg = _cfg(Config, base, **{**ab, **args.get("upper", {}), **overrides})
-        search = AutoBalance(cfg).fit(bundle)
+        searcher = AutoBalance(cfg)
+        search = searcher.fit(bundle)
         res = retrain(search, bundle, cfg)
+        assert searcher.trainer is not None
         out.update(search_seconds=search.seconds, train_seconds=res.seconds, hyper_steps=search.hyper_steps,
+                   search_images=len(searcher.trainer.train_data),
                    alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation,
                    sharing=cfg.sharing)
     m = res.test_metrics
@@ -140,7 +166,8 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``ab-dl-la@upper_lr=0.03,interval=10`` -> ("ab-dl-la", {"upper_lr": 0.03, "interval": 10})."""
+    """``ab-dl-la@upper_lr=0.03,interval=10`` -> ("ab-dl-la", {"upper_lr": 0.03, "interval": 10}): Config
+    overrides of one method (baselines take them too: ``la@freeze_backbone=true``)."""
     name, _, rest = spec.partition("@")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
@@ -221,10 +248,14 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
     p.add_argument("--upper", default="{}", help="JSON dict of Config overrides for the AutoBalance rows")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / protocol.out))
     p.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
+    if protocol.cache:
+        p.add_argument("--cache", default=protocol.cache, help="folder of what the protocol computes once and "
+                       f"reuses, outside the repository [default: {protocol.cache}]")
     p.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
     a = p.parse_args(argv)
+    show = protocol.table or table
     if a.table:
-        print(table(Path(a.table), protocol.methods))
+        print(show(Path(a.table), protocol.methods))
         return 0
     if not Path(a.data).exists():
         print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
@@ -255,17 +286,23 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
         n_max = QUICK_N_MAX
     args = {"data": a.data, "n_max": n_max, "imbalance": a.imbalance, "device": a.device, "amp": a.amp,
             "recipe": recipe, "upper": upper, "test_per_class": 20 if a.quick else 0,
-            "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers)}
+            "threads": a.threads or max(1, (os.cpu_count() or 2) // a.workers), "bundle": protocol.bundle,
+            "cache": getattr(a, "cache", None), **protocol.job_args}
+    if a.quick:
+        args.update(protocol.quick)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     skip = done_jobs(out)
+    exact = (args["recipe"] == protocol.recipe and args["n_max"] == protocol.n_max
+             and a.imbalance == protocol.imbalance and upper == protocol.upper)
+    provenance: dict[str, Any] = {}
+    if protocol.prepare:
+        args, provenance = protocol.prepare(args)
     jobs = [(m, s, args) for s in seeds for m in methods if (m, s) not in skip]
-    exact = (recipe == protocol.recipe and n_max == protocol.n_max and a.imbalance == protocol.imbalance
-             and upper == protocol.upper)
     header = {"protocol": protocol.name if exact else f"{protocol.name}-modified",
               "machine": machine(), "date": date.today().isoformat(), "revision": revision(),
-              "command": " ".join([sys.executable, *sys.argv]), "recipe": recipe, "upper": upper, "n_max": n_max,
-              "imbalance": a.imbalance}
+              "command": " ".join([sys.executable, *sys.argv]), "recipe": args["recipe"], "upper": upper,
+              "n_max": args["n_max"], "imbalance": a.imbalance, **provenance}
     with open(out.with_suffix(".meta.jsonl"), "a") as f:
         f.write(json.dumps(header) + "\n")
     ctx = mp.get_context("spawn")
@@ -275,7 +312,7 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
                 f.write(json.dumps(r) + "\n")
             status = r.get("error") or f"balanced error {r['balanced_error']:.2f}%"
             print(f"{r['method']:>10} seed {r['seed']}: {status}", flush=True)
-    print(table(out, protocol.methods))
+    print(show(out, protocol.methods))
     return 0
 
 

@@ -183,3 +183,83 @@ def test_backbone_lr_scale_range():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="--backbone-lr-scale"):
             Config(backbone_lr_scale=bad).validate()
+
+
+# ----------------------------------------------------------------------------- what the network is fed
+
+MEAN, STD = (0.11, 0.22, 0.33), (0.3, 0.4, 0.5)  # none of the dataset's, ImageNet's or test_resnet's own (0.5s)
+
+
+def _overlaid_test_resnet(path, num_classes: int = 4) -> torch.nn.Module:
+    """test_resnet loaded from ``path`` the timm way with a pretrained cfg whose mean / std are MEAN / STD."""
+    return timm.create_model("test_resnet", pretrained=True, num_classes=num_classes,
+                             pretrained_cfg_overlay=dict(file=str(path), mean=MEAN, std=STD))
+
+
+@pytest.mark.parametrize("kind", ["search", "retrain", "baseline"])
+def test_pretrained_timm_model_is_fed_as_it_was_pretrained(tmp_path, tiny_bundle, kind):
+    path = tmp_path / "test_resnet.pth"
+    _save(timm.create_model("test_resnet", num_classes=1000), path)
+    cfg = Config(**TINY, backbone="test_resnet", pretrained_file=str(path)).replace(epochs=1)
+    cb = _Groups()
+    model = _overlaid_test_resnet(path)
+    if kind == "search":
+        AutoBalance(cfg).fit(tiny_bundle, callbacks=[cb], model=model)
+    elif kind == "retrain":
+        retrain({"logit_bias": [0.0] * 4}, tiny_bundle, cfg, callbacks=[cb], model=model)
+    else:
+        train_baseline("la", tiny_bundle, cfg, callbacks=[cb], model=model)
+    assert (cb.trainer.mean, cb.trainer.std) == (MEAN, STD)
+
+
+def test_normalization_order(tmp_path, tiny_bundle):
+    from ab_plugin.inputs import normalization
+
+    path = tmp_path / "test_resnet.pth"
+    _save(timm.create_model("test_resnet", num_classes=1000), path)
+    model = _overlaid_test_resnet(path)
+    pretrained = Config(backbone="test_resnet", pretrained_file=str(path))
+    data = (tiny_bundle.mean, tiny_bundle.std)
+    assert normalization(pretrained, model, tiny_bundle) == (MEAN, STD)
+    # the user's values win, each on its own
+    assert normalization(pretrained.replace(mean="0.4,0.5,0.6"), model, tiny_bundle) == ((0.4, 0.5, 0.6), STD)
+    assert normalization(pretrained.replace(std=[0.2] * 3), model, tiny_bundle) == (MEAN, (0.2, 0.2, 0.2))
+    # not pretrained: the model's cfg says nothing about its (random) weights
+    assert normalization(Config(backbone="test_resnet"), model, tiny_bundle) == data
+    # a CIFAR ResNet from a file keeps the dataset's (its pretrained cfg holds generic CIFAR statistics)
+    r20 = tmp_path / "r20.pth"
+    _save(create_backbone("resnet20", 10), r20)
+    cifar = create_backbone("resnet20", 4, pretrained_file=str(r20))
+    assert normalization(Config(backbone="resnet20", pretrained_file=str(r20)), cifar, tiny_bundle) == data
+
+
+def test_list_file_crop_follows_the_pretrained_input_size(tmp_path):
+    from conftest import write_list_tree
+
+    from ab_plugin.runs import load_bundle
+
+    write_list_tree(tmp_path, [3, 2], size=8)
+    ck = tmp_path / "test_resnet.pth"
+    _save(timm.create_model("test_resnet", num_classes=1000), ck)
+    r20 = tmp_path / "r20.pth"
+    _save(create_backbone("resnet20", 10), r20)
+    size = timm.models.get_pretrained_cfg("test_resnet").input_size[-1]
+    assert size != 224  # else the test could not tell the model's size from the default
+    base = Config(dataset=f"imagenet-lt:{tmp_path}", imbalance=1.0)
+    cases = [(base.replace(backbone="test_resnet", pretrained_file=str(ck)), size),
+             (base.replace(backbone="test_resnet", pretrained_file=str(ck), image_size=96), 96),  # the user's wins
+             (base.replace(backbone="test_resnet"), 224),
+             (base.replace(backbone="resnet20", pretrained_file=str(r20)), 224)]
+    for cfg, want in cases:
+        bundle = load_bundle(cfg)
+        assert bundle.train.recipe.size == bundle.test.recipe.size == want, cfg
+
+
+def test_mean_std_options(tmp_path):
+    for bad, needle in (("--mean", "3 values"), ("--std", "> 0")):
+        value = "0.5,0.5" if bad == "--mean" else "0.5,0,0.5"
+        code, _, err = _search_cli(tmp_path, bad, value)
+        one_line_error(code, err, bad)
+        assert needle in err
+    code, _, err = _search_cli(tmp_path, "--mean", "a,b,c")
+    one_line_error(code, err, "comma list of numbers")

@@ -58,7 +58,7 @@ class DatasetRequest:
     """What :func:`create_dataset` asks a registered builder for (see :func:`create_dataset` for each field).
 
     ``data_dir`` is the path of a ``name:PATH`` spec when one was given; ``image_size`` is ``(H, W)`` or
-    ``None`` (keep the native size; the list-file datasets: the 224-pixel recipe).
+    ``None`` (keep the native size; the list-file datasets: a ``crop_size`` crop, default 224 pixels).
     """
 
     data_dir: str | None = None
@@ -67,6 +67,7 @@ class DatasetRequest:
     n_max: int | None = None
     download: bool = False
     image_size: tuple[int, int] | None = None
+    crop_size: int | None = None
 
 
 #: A registered dataset builder: ``builder(request) -> DatasetBundle``.
@@ -384,12 +385,13 @@ def _need_path(kind: str, data_dir: str | None, what: str) -> str:
 def _streamed(name: str, train: ImageFolderIndex, test: ImageFolderIndex, val: ImageFolderIndex | None,
               req: DatasetRequest, *, source: str) -> DatasetBundle:
     """A bundle of file lists, decoded batch by batch in DataLoader workers with the 224-pixel recipe (crop
-    ``image_size`` if given) and normalised with the ImageNet statistics. A balanced training list is
-    long-tailed as an ImageFolder tree is (:func:`long_tail_index`); an imbalanced one is kept."""
+    ``image_size`` if given, else ``crop_size``, else 224) and normalised with the ImageNet statistics. A
+    balanced training list is long-tailed as an ImageFolder tree is (:func:`long_tail_index`); an imbalanced
+    one is kept."""
     imbalance, profile, image_size = req.imbalance, req.profile, req.image_size
     if image_size is not None and image_size[0] != image_size[1]:
         raise ValueError(f"{name}: the crop recipe makes square images, got image_size {image_size}")
-    recipe = CropRecipe() if image_size is None else CropRecipe(size=image_size[0])
+    recipe = CropRecipe(size=image_size[0] if image_size is not None else req.crop_size or CropRecipe.size)
     if imbalance > 1 or req.n_max is not None:
         train, counts = long_tail_index(train, imbalance, profile, req.n_max)
     else:
@@ -460,6 +462,7 @@ def create_dataset(
     n_max: int | None = None,
     download: bool = False,
     image_size: int | tuple[int, int] | None = None,
+    crop_size: int | None = None,
 ) -> DatasetBundle:
     """Build a long-tailed dataset by name.
 
@@ -487,7 +490,9 @@ def create_dataset(
         n_max: head-class count (default: dataset-specific, see above).
         download: allow torchvision to download CIFAR (never done otherwise).
         image_size: ``(H, W)`` or an int: resize every image to it (default: keep the native size); for
-            the list-file datasets, the crop size (default 224).
+            the list-file datasets, the crop size (default ``crop_size``).
+        crop_size: the list-file datasets' crop size (pixels, square) when ``image_size`` is not given
+            (default 224); the other datasets ignore it.
 
     Raises:
         ValueError: unknown name (listing the known ones), missing data, bad long-tail arguments.
@@ -497,5 +502,6 @@ def create_dataset(
         takers = ", ".join(f"{k}:PATH" for k in _TAKES_PATH)
         raise ValueError(f"dataset {kind!r} takes no ':' argument (only {takers} do), got {name!r}")
     request = DatasetRequest(data_dir=path or data_dir, imbalance=imbalance, profile=profile, n_max=n_max,
-                             download=download, image_size=_as_size(image_size))
+                             download=download, image_size=_as_size(image_size),
+                             crop_size=crop_size)
     return _DATASETS.create(kind, request)

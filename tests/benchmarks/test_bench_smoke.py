@@ -37,6 +37,57 @@ def test_protocol_quick(tmp_path, script, methods):
     assert meta["protocol"] == ("Q" if script == "protocol_q.py" else "P") + "-modified"
 
 
+@needs_zip
+def test_protocol_f_quick(tmp_path):
+    out, cache = tmp_path / "f.jsonl", tmp_path / "cache"
+    methods = ["la", "ab-dl-la", "la@freeze_backbone=true"]
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_f.py"), "--quick", "--threads", "1",
+                               "--methods", ",".join(methods), "--seeds", "0", "--out", str(out), "--cache",
+                               str(cache)], capture_output=True, text=True, timeout=600)
+
+    res = run()
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["method"] for r in rows] == methods and all("error" not in r for r in rows), rows
+    # five target classes, long-tailed from the quick n_max (200, rho 100): fine-tuned from the cached checkpoint
+    assert all(r["train_images"] == 200 + 64 + 20 + 7 + 2 and len(r["per_class_error"]) == 5 for r in rows)
+    (ckpt,) = cache.glob("resnet20_c5_*.pt")
+    meta = json.loads(out.with_suffix(".meta.jsonl").read_text().splitlines()[-1])
+    assert meta["protocol"] == "F-modified" and meta["pretrained"]["path"] == str(ckpt)
+    assert meta["recipe"]["pretrained_file"] == str(ckpt)
+    ab = rows[1]
+    assert ab["hyper_steps"] > 0 and 0 < ab["search_images"] < ab["train_images"]
+    la, la_frozen = rows[0], rows[2]
+    # a paired difference against LA of the same mode, and the search's cost per image
+    d = ab["balanced_error"] - la["balanced_error"]
+    assert f"| ab-dl-la | 1 | {ab['balanced_error']:.2f} | {ab['worst_class_error']:.2f} | {d:+.2f} (n=1) |" \
+        in res.stdout
+    assert "| la@freeze_backbone=true | 1 |" in res.stdout and la_frozen["train_seconds"] > 0
+    # a re-run reuses the checkpoint (same file, no second pretraining) and skips the finished jobs
+    stamp = ckpt.stat().st_mtime_ns
+    assert run().returncode == 0 and ckpt.stat().st_mtime_ns == stamp and len(out.read_text().splitlines()) == 3
+
+
+def test_protocol_f_table_pairs_seeds(tmp_path):
+    spec = importlib.util.spec_from_file_location("protocol_f", REPO / "benchmarks" / "protocol_f.py")
+    f = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec.loader.exec_module(f)
+    rows = [{"method": "la", "seed": s, "balanced_error": e, "worst_class_error": 50.0, "train_seconds": 10.0,
+             "train_images": 100} for s, e in ((0, 40.0), (1, 42.0), (2, 41.0))]
+    rows += [{"method": "ab-dl-la", "seed": s, "balanced_error": e, "worst_class_error": 45.0, "train_seconds": 10.0,
+              "train_images": 100, "search_seconds": 24.0, "search_images": 80} for s, e in ((0, 39.0), (1, 40.0))]
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = f.table(path, ("la", "ab-dl-la", "ce"))
+    # seeds 0 and 1 paired: differences -1 and -2, mean -1.5, standard error 0.5; cost (24/80)/(10/100) = 3
+    assert "| ab-dl-la | 2 | 39.50 ± 0.71 | 45.00 ± 0.00 | -1.50 ± 0.50 (n=2) | -5.00 ± 0.00 (n=2) |" in table
+    assert table.splitlines()[3].endswith("| 3.00 ± 0.00x |")
+    assert "| ce | – | not run |" in table
+
+
 def test_protocol_s4_quick():
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol_s.py"), "s4", "--classes", "10,50"],
                          capture_output=True, text=True, timeout=300)

@@ -1,0 +1,140 @@
+"""The exact stage-2 search of α: the classifier problem on fixed features solved to high precision at every
+hyper-step, its implicit hypergradient taken by the head engine, α stepped by the :class:`UpperLevel`.
+
+With the backbone frozen, ``θ*(α) = argmin_θ  ℓ_α(θ; F_train) + ½ wd ||θ||²`` is strictly convex (the weight
+decay covers the bias too), so the implicit-function theorem the head engine applies holds exactly at a solved
+θ*: no truncation, no stale features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..hypergrad import FeatureProblem
+from ..hypergrad._engines import HeadEngine
+from ..hypergrad._solvers import conjugate_gradient, create_solver
+from ..losses import ParametricCrossEntropy
+from ..upper import UpperLevel
+
+Objective = Callable[..., Tensor]
+
+
+def classifier_objective(classifier: nn.Linear, loss: nn.Module, features: Tensor, labels: Tensor,
+                         weight_decay: float) -> Tensor:
+    """``loss(classifier(features), labels) + ½ weight_decay ||θ||²`` (θ: weight and bias), the inner problem
+    the head engine differentiates."""
+    reg = sum((p * p).sum() for p in classifier.parameters())
+    return loss(classifier(features), labels) + 0.5 * weight_decay * reg
+
+
+def solve_classifier(classifier: nn.Linear, loss: nn.Module, features: Tensor, labels: Tensor, *,
+                     weight_decay: float, tol: float = 1e-8, max_iter: int = 500) -> float:
+    """Minimise :func:`classifier_objective` over ``classifier`` in place, from where it is (a warm start).
+
+    Full-batch L-BFGS with a strong-Wolfe line search, then Newton steps (``H d = −g`` by conjugate gradients
+    on Hessian-vector products, full step) until the gradient's L2 norm is below ``tol``: near the optimum the
+    objective's decrease falls under its rounding, where a line search stalls and Newton still converges
+    quadratically. Returns the gradient norm at the solution (about 1e-12 reachable in float64, 1e-5 in
+    float32)."""
+    params = list(classifier.parameters())
+
+    def gradient(create_graph: bool = False) -> list[Tensor]:
+        with torch.enable_grad():
+            value = classifier_objective(classifier, loss, features, labels, weight_decay)
+            return list(torch.autograd.grad(value, params, create_graph=create_graph))
+
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        value = classifier_objective(classifier, loss, features, labels, weight_decay)
+        value.backward(inputs=params)
+        return value
+
+    with torch.enable_grad():
+        opt.step(closure)
+    norm = _norm(gradient())
+    size = sum(p.numel() for p in params)
+    for _ in range(_NEWTON_STEPS):
+        if norm <= tol:
+            break
+        with torch.enable_grad():
+            g = gradient(create_graph=True)
+            step = conjugate_gradient(_hvp(g, params), [-t.detach() for t in g], iters=size, tol=1e-12)
+        with torch.no_grad():
+            for p, d in zip(params, step, strict=True):
+                p.add_(d)
+        previous, norm = norm, _norm(gradient())
+        if norm >= previous:  # as precise as the dtype allows
+            break
+    return norm
+
+
+_NEWTON_STEPS = 5
+
+
+def _hvp(grads: list[Tensor], params: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``u -> H u`` from gradients built with ``create_graph``."""
+    return lambda u: [h.detach() for h in torch.autograd.grad(grads, params, u, retain_graph=True)]
+
+
+def _norm(grads: list[Tensor]) -> float:
+    return float(torch.sqrt(sum((g * g).sum() for g in grads)))
+
+
+def exact_engine(classifier: nn.Linear) -> HeadEngine:
+    """The head engine with a conjugate-gradient solve of ``H x = v`` to 1e-10 relative residual, allowed as
+    many iterations as θ has entries (CG's exact-arithmetic bound)."""
+    size = sum(p.numel() for p in classifier.parameters())
+    return HeadEngine(create_solver("cg", iters=size, tol=1e-10))
+
+
+def stage2_hypergradient(classifier: nn.Linear, loss: ParametricCrossEntropy, objective: Objective,
+                         train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], *, weight_decay: float,
+                         engine: HeadEngine | None = None) -> list[Tensor]:
+    """``d objective(θ*(α) on val) / dα`` at a solved ``classifier`` (θ*), one tensor per
+    ``loss.hparameters()``; ``train`` / ``val``: ``(features [N, D], labels [N])``."""
+    problem = FeatureProblem(classifier, loss, objective, loss.hparameters(), [train], [val], weight_decay)
+    return (engine or exact_engine(classifier))(problem)
+
+
+@dataclass
+class SearchTrace:
+    """What the exact search did: hyper-steps taken, their wall time (s), the largest gradient norm of a solved
+    classifier problem and the validation objective before each step."""
+
+    hyper_steps: int = 0
+    seconds: float = 0.0
+    max_solve_grad_norm: float = 0.0
+    objective: list[float] = field(default_factory=list)
+
+
+def search_alpha(classifier: nn.Linear, loss: ParametricCrossEntropy, objective: Objective,
+                 train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], upper: UpperLevel, *,
+                 steps: int, weight_decay: float, tol: float = 1e-8) -> SearchTrace:
+    """``steps`` hyper-steps on α (``loss.hparameters()``, stepped by ``upper``): solve the classifier (warm
+    started from the previous solution), take the exact hypergradient, step α. Ends with ``upper``'s averaged α
+    (when it averages) and the classifier solved for the final α."""
+    trace = SearchTrace()
+    engine = exact_engine(classifier)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        norm = solve_classifier(classifier, loss, *train, weight_decay=weight_decay, tol=tol)
+        trace.max_solve_grad_norm = max(trace.max_solve_grad_norm, norm)
+        with torch.no_grad():
+            trace.objective.append(float(objective(classifier(val[0]), val[1], None)))
+        grads = stage2_hypergradient(classifier, loss, objective, train, val, weight_decay=weight_decay,
+                                     engine=engine)
+        upper.step(grads)
+        trace.hyper_steps += 1
+    upper.use_average()
+    trace.max_solve_grad_norm = max(trace.max_solve_grad_norm, solve_classifier(
+        classifier, loss, *train, weight_decay=weight_decay, tol=tol))
+    trace.seconds = time.perf_counter() - t0
+    return trace

@@ -33,50 +33,77 @@ def classifier_objective(classifier: nn.Linear, loss: nn.Module, features: Tenso
 
 
 def solve_classifier(classifier: nn.Linear, loss: nn.Module, features: Tensor, labels: Tensor, *,
-                     weight_decay: float, tol: float = 1e-8, max_iter: int = 500) -> float:
+                     weight_decay: float, tol: float = 1e-8, max_iter: int = 50) -> float:
     """Minimise :func:`classifier_objective` over ``classifier`` in place, from where it is (a warm start).
 
-    Full-batch L-BFGS with a strong-Wolfe line search, then Newton steps (``H d = −g`` by conjugate gradients
-    on Hessian-vector products, full step) until the gradient's L2 norm is below ``tol``: near the optimum the
-    objective's decrease falls under its rounding, where a line search stalls and Newton still converges
-    quadratically. Returns the gradient norm at the solution (about 1e-12 reachable in float64, 1e-5 in
-    float32)."""
+    At most ``max_iter`` iterations of full-batch L-BFGS (strong-Wolfe line search) bring θ near the optimum;
+    damped Newton steps then finish (``H d = −g`` by conjugate gradients on Hessian-vector products, to 1e-6
+    relative residual, with a backtracking line search) until the gradient's L2 norm is below ``tol``. Near
+    the optimum the objective's decrease falls under its rounding: a step is then taken when it shrinks the
+    gradient, which is where Newton still converges and a line search on values stalls. Returns the gradient
+    norm reached (1e-12 is reachable in float64, about 1e-5 in float32)."""
     params = list(classifier.parameters())
+
+    def value() -> Tensor:
+        return classifier_objective(classifier, loss, features, labels, weight_decay)
 
     def gradient(create_graph: bool = False) -> list[Tensor]:
         with torch.enable_grad():
-            value = classifier_objective(classifier, loss, features, labels, weight_decay)
-            return list(torch.autograd.grad(value, params, create_graph=create_graph))
+            return list(torch.autograd.grad(value(), params, create_graph=create_graph))
 
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        value = classifier_objective(classifier, loss, features, labels, weight_decay)
-        value.backward(inputs=params)
-        return value
+        v = value()
+        v.backward(inputs=params)
+        return v
 
     with torch.enable_grad():
         opt.step(closure)
-    norm = _norm(gradient())
     size = sum(p.numel() for p in params)
+    norm = _norm(gradient())
     for _ in range(_NEWTON_STEPS):
         if norm <= tol:
             break
         with torch.enable_grad():
             g = gradient(create_graph=True)
-            step = conjugate_gradient(_hvp(g, params), [-t.detach() for t in g], iters=size, tol=1e-12)
-        with torch.no_grad():
-            for p, d in zip(params, step, strict=True):
-                p.add_(d)
-        previous, norm = norm, _norm(gradient())
-        if norm >= previous:  # as precise as the dtype allows
+            step = conjugate_gradient(_hvp(g, params), [-t.detach() for t in g], iters=min(size, 200), tol=1e-6)
+        slope = float(sum((a.detach() * d).sum() for a, d in zip(g, step, strict=True)))
+        taken = _line_search(params, step, value, gradient, slope, norm)
+        if taken is None:  # no step shrinks the value or the gradient: as precise as the dtype allows
             break
+        norm = taken
     return norm
 
 
-_NEWTON_STEPS = 5
+_NEWTON_STEPS = 30
+
+
+@torch.no_grad()
+def _line_search(params: list[Tensor], step: list[Tensor], value: Callable[[], Tensor],
+                 gradient: Callable[[], list[Tensor]], slope: float, norm: float) -> float | None:
+    """Move ``params`` along ``step`` by the largest of 1, ½, ¼, ... that satisfies Armijo's condition or, at
+    the rounding floor of the value, shrinks the gradient; returns the new gradient norm, or ``None`` (and
+    ``params`` unchanged) when no fraction does."""
+    start = [p.clone() for p in params]
+    f0 = float(value())
+    t = 1.0
+    for _ in range(30):
+        for p, p0, d in zip(params, start, step, strict=True):
+            p.copy_(p0 + t * d)
+        f = float(value())
+        if f <= f0 + 1e-4 * t * slope:
+            return _norm(gradient())
+        if f <= f0 + 1e-13 * abs(f0):  # a change at the value's rounding: judge by the gradient
+            new = _norm(gradient())
+            if new < norm:
+                return new
+        t /= 2
+    for p, p0 in zip(params, start, strict=True):
+        p.copy_(p0)
+    return None
 
 
 def _hvp(grads: list[Tensor], params: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
@@ -110,6 +137,7 @@ class SearchTrace:
     classifier problem and the validation objective before each step."""
 
     hyper_steps: int = 0
+    skipped: int = 0  # non-finite hypergradients the upper level skipped
     seconds: float = 0.0
     max_solve_grad_norm: float = 0.0
     objective: list[float] = field(default_factory=list)
@@ -133,6 +161,7 @@ def search_alpha(classifier: nn.Linear, loss: ParametricCrossEntropy, objective:
                                      engine=engine)
         upper.step(grads)
         trace.hyper_steps += 1
+    trace.skipped = upper.skipped
     upper.use_average()
     trace.max_solve_grad_norm = max(trace.max_solve_grad_norm, solve_classifier(
         classifier, loss, *train, weight_decay=weight_decay, tol=tol))

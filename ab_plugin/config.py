@@ -182,9 +182,9 @@ class Config:
     maxnorm: float = _opt(0.1, group="stage2", range=(0.0, 1.0), help=(
         "wb: MaxNorm radius as min + maxnorm x (max - min) of the starting classifier's row norms, projected "
         "after every step (Alshammari et al.: 0.1)"))
-    stage2_hyper_steps: int = _opt(100, group="stage2", range=(1, 10**6), help=(
-        "search: hyper-steps on α, each on the classifier solved exactly on the frozen features (L-BFGS + "
-        "Newton, warm-started); --upper-* set α's optimizer, no warm-up"))
+    stage2_hyper_steps: int = _opt(10, group="stage2", range=(1, 10**6), help=(
+        "search: hyper-steps on α, each on the classifier solved on the frozen features to a gradient norm of "
+        "1e-7 in float64 (L-BFGS then Newton, warm-started); --upper-* set α's optimizer, no warm-up"))
     # run
     device: str = _opt("auto", group="run", help="auto (cuda when there is one), cpu, cuda or cuda:N")
     amp: bool = _opt(False, group="run", help="mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU")

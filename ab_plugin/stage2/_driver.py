@@ -79,7 +79,7 @@ def exact_search(trainer: Trainer, val: Split, objective: Callable[..., Tensor])
     clf = linear_classifier(trainer)
     exact = float64_copy(clf)
     trace = search_alpha(exact, trainer.loss, objective, train_f.pair(), val_f.pair(), upper, steps=steps,
-                         weight_decay=stage2_weight_decay(cfg), tol=1e-10)
+                         weight_decay=stage2_weight_decay(cfg), tol=1e-7)
     clf.load_state_dict(exact.state_dict())
     info = {"recipe": "search", "hyper_steps": trace.hyper_steps, "seconds": trace.seconds,
             "seconds_per_hyper_step": trace.seconds / max(1, trace.hyper_steps),

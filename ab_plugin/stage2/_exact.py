@@ -37,8 +37,8 @@ def solve_classifier(classifier: nn.Linear, loss: nn.Module, features: Tensor, l
     """Minimise :func:`classifier_objective` over ``classifier`` in place, from where it is (a warm start).
 
     At most ``max_iter`` iterations of full-batch L-BFGS (strong-Wolfe line search) bring θ near the optimum;
-    damped Newton steps then finish (``H d = −g`` by conjugate gradients on Hessian-vector products to 1e-3
-    relative residual, inexact but still superlinear, with a backtracking line search) until the gradient's
+    damped Newton steps then finish (``H d = −g`` by conjugate gradients on Hessian-vector products to a
+    relative residual of min(1e-3, ||g||), at most 50 products, with a backtracking line search) until the gradient's
     L2 norm is below ``tol``. Near the optimum the objective's decrease falls under its rounding: a step is
     then taken when it shrinks the gradient, which is where Newton still converges and a line search on values
     stalls. Returns the gradient norm reached (1e-12 is reachable in float64, about 1e-5 in float32)."""
@@ -69,7 +69,9 @@ def solve_classifier(classifier: nn.Linear, loss: nn.Module, features: Tensor, l
             break
         with torch.enable_grad():
             g = gradient(create_graph=True)
-            step = conjugate_gradient(_hvp(g, params), [-t.detach() for t in g], iters=min(size, 50), tol=1e-3)
+            # forcing term min(1e-3, ||g||): inexact far away, quadratic convergence near the optimum
+            step = conjugate_gradient(_hvp(g, params), [-t.detach() for t in g], iters=min(size, 50),
+                                      tol=min(1e-3, norm))
         slope = float(sum((a.detach() * d).sum() for a, d in zip(g, step, strict=True)))
         taken = _line_search(params, step, value, gradient, slope, norm)
         if taken is None:  # no step shrinks the value or the gradient: as precise as the dtype allows

@@ -94,9 +94,10 @@ def _named_choices() -> dict[str, Callable[[], list[str]]]:
     from .losses import list_inits, list_losses, list_sharings
     from .objectives import list_objectives
     from .policies import list_policies
+    from .stage2 import list_stage2
 
     return {"dataset": list_datasets, "loss": list_losses, "engine": list_engines, "objective": list_objectives,
-            "augment": list_policies, "sharing": list_sharings, "init": list_inits}
+            "augment": list_policies, "sharing": list_sharings, "init": list_inits, "stage2": list_stage2}
 
 
 def _option_for(f: dataclasses.Field, choices: dict[str, Callable[[], list[str]]]) -> Callable:

@@ -27,6 +27,7 @@ GROUPS = {
     "recipe": "Training recipe: mixup / CutMix and deferred re-weighting (every run kind)",
     "loss": "Loss family (α and its initialisation)",
     "upper": "Upper level: the search of α",
+    "stage2": "Stage 2: classifier re-training on frozen features",
     "run": "Run and device",
 }
 
@@ -186,6 +187,29 @@ class Config:
         "largest L2 norm of a hypergradient, >= 0 (0: no clipping)"))
     max_bad_steps: int = _opt(20, group="upper", range=(1, 10**6), help=(
         "consecutive non-finite (skipped) steps before the run stops"))
+    # stage 2
+    stage2: str = _opt("none", group="stage2", help=(
+        "after stage 1, freeze the backbone, compute its features once and re-train the classifier on them: "
+        "crt (fresh classifier, CE, class-balanced sampling; Kang et al. ICLR 2020), tau-norm (rows w_j / "
+        "||w_j||^τ, bias dropped, τ in 0..2 chosen on validation balanced error; Kang et al.), wb (weight "
+        "balancing: class-balanced loss, weight decay and MaxNorm; Alshammari et al. CVPR 2022), search "
+        "(search: learn α on the frozen features by exact hyper-steps; retrain / baselines: the classifier "
+        "solved exactly for their fixed loss). tau-norm on a dataset without a validation split holds out "
+        "--val-fraction of the training set for τ"))
+    stage2_epochs: int = _opt(10, group="stage2", range=(1, 100_000), help=(
+        "crt / wb: passes over the features (both papers: 10)"))
+    stage2_lr: float | None = _opt(None, group="stage2", range=(0.0, math.inf), help=(
+        "crt / wb: peak learning rate of the classifier's SGD (momentum 0.9, cosine to 0) [default: crt 0.2 x "
+        "--batch-size / 512 (Kang et al.: 0.2 at 512), wb 0.01 (Alshammari et al., batch 64)]"))
+    stage2_weight_decay: float | None = _opt(None, group="stage2", range=(0.0, math.inf), help=(
+        "L2 weight decay of the classifier in stage 2 [default: crt 5e-4 (Kang et al.), wb 0.1 (Alshammari "
+        "et al.), search --weight-decay]"))
+    maxnorm: float = _opt(0.1, group="stage2", range=(0.0, 1.0), help=(
+        "wb: MaxNorm radius as min + maxnorm x (max - min) of the starting classifier's row norms, projected "
+        "after every step (Alshammari et al.: 0.1)"))
+    stage2_hyper_steps: int = _opt(10, group="stage2", range=(1, 10**6), help=(
+        "search: hyper-steps on α, each on the classifier solved on the frozen features to a gradient norm of "
+        "1e-7 in float64 (L-BFGS then Newton, warm-started); --upper-* set α's optimizer, no warm-up"))
     # run
     device: str = _opt("auto", group="run", help="auto (cuda when there is one), cpu, cuda or cuda:N")
     amp: bool = _opt(False, group="run", help="mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU")
@@ -249,8 +273,10 @@ class Config:
         check it against :func:`ab_plugin.data.list_datasets`."""
         from .hypergrad import list_engines
         from .losses import HPARAM_NAMES, list_inits, list_losses, list_sharings
-        from .objectives import list_objectives
+        from .objectives import GROUP_OBJECTIVES, list_objectives
         from .policies import list_policies
+        from .policies._policy import LEARNED_KINDS
+        from .stage2 import list_stage2
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -293,6 +319,16 @@ class Config:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         known("loss", self.loss, list_losses())
+        known("stage2", self.stage2, list_stage2())
+        need(not (self.stage2 == "search" and self.augment in LEARNED_KINDS),
+             f"--stage2 search learns α on features computed once, without augmentation: --augment {self.augment} "
+             "would learn nothing; use --augment none or fixed")
+        need(not (self.stage2 == "search" and self.objective in GROUP_OBJECTIVES),
+             f"--stage2 search takes the validation objective on classes: --objective {self.objective} needs "
+             "groups, which it does not carry; use balanced, worst-class, cvar or blend")
+        need(not (self.freeze_backbone and self.augment in LEARNED_KINDS),
+             f"--freeze-backbone computes the features once, without augmentation: --augment {self.augment} would "
+             "learn nothing; use --augment none or fixed")
         known("init", self.init, list_inits())
         known("engine", self.engine, list_engines())
         known("objective", self.objective, list_objectives())

@@ -395,12 +395,22 @@ def summarize(results: dict[str, RunResult]) -> dict[str, Any]:
         "test_metrics": final.test_metrics,
         "val_metrics": (results.get("search") or final).val_metrics,
         "balanced_error": (final.test_metrics or {}).get("balanced_error"),
-        "stages": {k: {"method": v.method, "seconds": v.seconds, "test_metrics": v.test_metrics,
-                       "val_metrics": v.val_metrics, "hyper_steps": v.hyper_steps,
-                       "skipped_steps": v.skipped_steps, "skipped_hyper_steps": v.skipped_hyper_steps,
-                       "steps": v.steps, **augmentation_levels(v)}
-                   for k, v in results.items()},
+        "stages": _stages(results),
     }
+
+
+def _stages(results: dict[str, RunResult]) -> dict[str, dict[str, Any]]:
+    """Per stage: method, times, step counts and metrics; a stage with a ``--stage2`` re-training also shows
+    its model before it, as ``NAME:stage1`` (test metrics only), and what stage 2 chose under ``stage2``."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in results.items():
+        if v.stage1_test_metrics is not None:
+            out[f"{k}:stage1"] = {"method": v.method, "test_metrics": v.stage1_test_metrics}
+        out[k] = {"method": v.method, "seconds": v.seconds, "test_metrics": v.test_metrics,
+                  "val_metrics": v.val_metrics, "hyper_steps": v.hyper_steps, "skipped_steps": v.skipped_steps,
+                  "skipped_hyper_steps": v.skipped_hyper_steps, "steps": v.steps, **augmentation_levels(v),
+                  **({"stage2": v.stage2} if v.stage2 is not None else {})}
+    return out
 
 
 def finish_run(out: Path, results: dict[str, RunResult]) -> tuple[dict[str, Any], list[Path]]:

@@ -23,7 +23,8 @@ from .objectives import GROUP_OBJECTIVES, create_objective
 from .policies import FORMAT_VERSION, ClassPolicy, PolicyFile, create_policy, policy_from_module, save_policy
 from .policies._file import LOSS_KEYS, make_provenance
 from .policies._policy import LEARNED_KINDS
-from .trainer import HyperSetup, Trainer
+from .stage2 import Features, apply_recipe, exact_search, get_recipe, linear_probe
+from .trainer import CHECKPOINT, HyperSetup, Trainer
 
 
 @dataclass
@@ -45,6 +46,8 @@ class RunResult:
     hyper_steps: int = 0
     skipped_steps: int = 0
     skipped_hyper_steps: int = 0
+    stage1_test_metrics: dict[str, Any] | None = None  # before stage 2 (``--stage2``), else None
+    stage2: dict[str, Any] | None = None  # what stage 2 chose or measured (recipe, τ, hyper-steps, seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,34 +119,75 @@ def build_model(cfg: Config, num_classes: int, loss_name: str) -> nn.Module:
                            pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
 
 
+def _metrics(trainer: Trainer, split: Split | None, data: Split) -> dict[str, Any] | None:
+    """``split``'s metrics of the trainer's model; many / medium / few-shot by ``data``'s counts (the whole
+    training set, the same for every stage of a run)."""
+    counts = [int(c) for c in data.class_counts()]
+    return None if split is None else metrics_of(trainer.predict(split)[0], split, counts).to_dict()
+
+
+def _stage1(trainer: Trainer, resume: bool) -> Features | None:
+    """Stage 1: the training loop; with a frozen backbone, the linear probe on features computed once (no epoch
+    runs the backbone). Returns the probe's training features, or ``None``."""
+    if trainer.cfg.freeze_backbone:
+        return linear_probe(trainer)
+    trainer.fit(resume=resume)
+    return None
+
+
+def _stage2(trainer: Trainer, test: Split | None, data: Split, val: Split | None = None,
+            features: Features | None = None) -> dict[str, Any]:
+    """``--stage2`` on the trained model; returns ``stage1_test_metrics`` and ``stage2`` for :func:`_finish`
+    (empty without a stage 2)."""
+    if trainer.cfg.stage2 == "none":
+        return {}
+    before = _metrics(trainer, test, data)
+    return {"stage1_test_metrics": before, "stage2": apply_recipe(trainer, trainer.cfg.stage2, val, features)}
+
+
+def _stage2_val(cfg: Config, bundle: DatasetBundle) -> tuple[Split, Split | None]:
+    """The training split of stage 1 and the validation split a stage-2 recipe chooses on (``None`` when it
+    chooses nothing): the dataset's own, else ``--val-fraction`` held out of the training set."""
+    if not get_recipe(cfg.stage2).needs_val:
+        return bundle.train, None
+    if bundle.val is not None:
+        return bundle.train, bundle.val
+    return split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)
+
+
 def _finish(trainer: Trainer, kind: str, method: str, data: Split, test: Split | None,
-            val: Split | None = None) -> RunResult:
-    """The run's result; its metrics group classes into many / medium / few-shot by ``data``'s counts (the
-    whole training set, the same for every stage of a run)."""
+            val: Split | None = None, **extra: Any) -> RunResult:
+    """The run's result (``extra``: more :class:`RunResult` fields)."""
     policy = trainer.policy
     st = trainer.state
-    counts = [int(c) for c in data.class_counts()]
 
     def metrics(split: Split | None) -> dict[str, Any] | None:
-        return None if split is None else metrics_of(trainer.predict(split)[0], split, counts).to_dict()
+        return _metrics(trainer, split, data)
 
     return RunResult(
         kind=kind,
         method=method,
         classes=list(data.classes),
-        class_counts=counts,
+        class_counts=[int(c) for c in data.class_counts()],
         alpha=trainer.loss.per_class(),
         augmentation=policy_from_module(policy) if isinstance(policy, ClassPolicy) else None,
         config=trainer.cfg.to_dict(),
         history=st.history,
         val_metrics=metrics(val),
         test_metrics=metrics(test),
-        seconds=st.seconds,
+        seconds=st.seconds + (extra.get("stage2") or {}).get("seconds", 0.0),  # stage 2's too
         steps=st.step,
         hyper_steps=st.hyper_steps,
         skipped_steps=st.skipped_steps,
         skipped_hyper_steps=st.skipped_hyper_steps,
+        **extra,
     )
+
+
+def _initial_loss(cfg: Config, counts: torch.Tensor) -> ParametricCrossEntropy:
+    """The search's loss with α at its init (``--init``, ``--learn``, ``--sharing`` over ``counts``)."""
+    return create_loss("autobalance", counts, init=cfg.init, learn=cfg.learn,
+                       sharing=create_sharing(cfg.sharing, counts), tau=cfg.tau, gamma=cfg.gamma)
 
 
 class AutoBalance:
@@ -168,13 +212,13 @@ class AutoBalance:
         else:
             train, val = split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)
         _needs_groups(cfg, train)
-        counts = train.class_counts()
-        sharing = create_sharing(cfg.sharing, counts)
-        loss = create_loss("autobalance", counts, init=cfg.init, learn=cfg.learn, sharing=sharing,
-                           tau=cfg.tau, gamma=cfg.gamma)
-        basis = None if sharing.is_identity else sharing.basis
+        loss = _initial_loss(cfg, train.class_counts())
+        basis = None if loss.sharing.is_identity else loss.sharing.basis
         policy = create_policy(cfg.augment, train.num_classes, **_policy_options(cfg, basis))
-        upper = HyperSetup(create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
+        # the exact stage-2 search (a frozen backbone's search too) trains stage 1 with α at its init, fixed:
+        # no hyper-step in the loop
+        upper = None if cfg.stage2 == "search" or cfg.freeze_backbone else HyperSetup(
+            create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         model = model if model is not None else build_model(cfg, train.num_classes, "autobalance")
         mean, std = normalization(cfg, model, bundle)
         self.trainer = Trainer(model, loss, train, cfg, mean=mean, std=std, policy=policy,
@@ -183,10 +227,27 @@ class AutoBalance:
 
     def fit(self, bundle: DatasetBundle, *, run_dir: str | Path | None = None, resume: bool = False,
             callbacks: Sequence[Any] = (), model: nn.Module | None = None) -> RunResult:
-        """Run the search; ``model`` replaces the ``cfg.backbone`` model (a timm-style classifier)."""
+        """Run the search; ``model`` replaces the ``cfg.backbone`` model (a timm-style classifier).
+
+        With ``stage2="search"``: stage 1 trains the backbone with α at its init (none with a frozen backbone),
+        then α is learned by exact hyper-steps on its frozen features (:func:`~ab_plugin.stage2.exact_search`).
+        With ``freeze_backbone`` (and another ``stage2``) the loop's hyper-steps never run: the exact search
+        is the search of a frozen backbone."""
         trainer, val = self.build(bundle, run_dir, callbacks, model)
+        method = f"autobalance-{self.cfg.init}"
+        if self.cfg.stage2 == "search" or self.cfg.freeze_backbone:
+            before = {}
+            if not self.cfg.freeze_backbone:
+                trainer.fit(resume=resume)
+                before = {"stage1_test_metrics": _metrics(trainer, bundle.test, bundle.train)}
+            trace, info = exact_search(trainer, val, create_objective(self.cfg.objective))
+            if self.cfg.freeze_backbone and trainer.run_dir is not None:
+                # no loop wrote one; a loop's checkpoint keeps stage 1 (and α's init) for --resume
+                trainer.save(trainer.run_dir / CHECKPOINT)
+            trainer.state.hyper_steps, trainer.state.skipped_hyper_steps = trace.hyper_steps, trace.skipped
+            return _finish(trainer, "search", method, bundle.train, bundle.test, val, stage2=info, **before)
         trainer.fit(resume=resume)
-        return _finish(trainer, "search", f"autobalance-{self.cfg.init}", bundle.train, bundle.test, val)
+        return _finish(trainer, "search", method, bundle.train, bundle.test, val)
 
 
 def fixed_loss_from_alpha(alpha: dict[str, Sequence[float]]) -> ParametricCrossEntropy:
@@ -232,10 +293,15 @@ def retrain(
         policy = create_policy(_unlearned(cfg.augment), n)
     model = model if model is not None else build_model(cfg, n, "retrain")
     mean, std = normalization(cfg, model, bundle)
-    trainer = Trainer(model, loss, bundle.train, cfg, mean=mean, std=std, policy=policy,
+    train, val = _stage2_val(cfg, bundle)
+    # the exact search learned α* for a backbone trained with α's init: its retrain's stage 1 does the same
+    stage1_loss = _initial_loss(cfg, train.class_counts()) if cfg.stage2 == "search" else loss
+    trainer = Trainer(model, stage1_loss, train, cfg, mean=mean, std=std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
-    trainer.fit(resume=resume)
-    return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test)
+    features = _stage1(trainer, resume)
+    trainer.loss = loss.to(trainer.device)
+    return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test,
+                   **_stage2(trainer, bundle.test, bundle.train, val, features))
 
 
 def train_baseline(
@@ -249,12 +315,13 @@ def train_baseline(
     model: nn.Module | None = None,
 ) -> RunResult:
     """Train with a fixed loss of the family (ce, la, cdt, vs, ldam, ldam-drw) on the training set."""
-    counts = bundle.train.class_counts()
-    loss = create_loss(name, counts, tau=cfg.tau, gamma=cfg.gamma)
+    train, val = _stage2_val(cfg, bundle)
+    loss = create_loss(name, train.class_counts(), tau=cfg.tau, gamma=cfg.gamma)
     policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)
     model = model if model is not None else build_model(cfg, bundle.train.num_classes, name)
     mean, std = normalization(cfg, model, bundle)
-    trainer = Trainer(model, loss, bundle.train, cfg, mean=mean, std=std, policy=policy,
+    trainer = Trainer(model, loss, train, cfg, mean=mean, std=std, policy=policy,
                       run_dir=run_dir, callbacks=callbacks)
-    trainer.fit(resume=resume)
-    return _finish(trainer, "baseline", name, bundle.train, bundle.test)
+    features = _stage1(trainer, resume)
+    return _finish(trainer, "baseline", name, bundle.train, bundle.test,
+                   **_stage2(trainer, bundle.test, bundle.train, val, features))

@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["ab_plugin", "ab_plugin.data", "ab_plugin.losses", "ab_plugin.policies", "ab_plugin.warmstart",
-            "ab_plugin.hypergrad", "ab_plugin.integrations"]
+            "ab_plugin.hypergrad", "ab_plugin.integrations", "ab_plugin.stage2"]
 DOCS = [REPO / "README.md", REPO / "policies" / "zoo" / "README.md", *sorted((REPO / "examples").glob("*.py"))]
 _FROM = re.compile(r"^\s*from (ab_plugin(?:\.\w+)*) import (\([^)]*\)|[^\n]+)", re.M)
 

@@ -1,0 +1,90 @@
+"""Stage 2 in the runs: baselines with a recipe, a frozen backbone's features computed once, and the exact
+stage-2 search end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TinyNet, cli
+
+from ab_plugin import Config
+from ab_plugin.search import AutoBalance, retrain, train_baseline
+from ab_plugin.stage2 import TAU_GRID
+
+TINY = dict(dataset="blobs", epochs=2, batch_size=32, lr=0.05, warmup_epochs=1, device="cpu", channels_last=False,
+            augment="none", seed=0, workers=0)
+
+
+class CountingNet(TinyNet):
+    """A TinyNet that counts the images its backbone sees."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__(num_classes)
+        self.images = 0
+
+    def forward_features(self, x):
+        self.images += len(x)
+        return super().forward_features(x)
+
+
+@pytest.mark.parametrize("kind", ["baseline", "retrain", "search"])
+def test_frozen_backbone_runs_the_backbone_once_per_image(tiny_bundle, kind):
+    cfg = Config(**TINY, freeze_backbone=True, stage2_hyper_steps=2).replace(epochs=4)
+    torch.manual_seed(0)
+    model = CountingNet()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    if kind == "baseline":
+        result = train_baseline("la", tiny_bundle, cfg, model=model)
+    elif kind == "retrain":
+        result = retrain({"logit_bias": [0.0, -0.5, -1.0, -1.5]}, tiny_bundle, cfg, model=model)
+    else:
+        result = AutoBalance(cfg).fit(tiny_bundle, model=model)
+    # one feature pass over the training data (the search: its training and validation splits), then the
+    # metrics' pass over the test set (and the search's validation split); the old loop: 4 epochs of batches
+    extra = _val_size(tiny_bundle, cfg) if kind == "search" else 0
+    assert model.images == len(tiny_bundle.train) + len(tiny_bundle.test) + extra
+    end = model.state_dict()
+    assert all(torch.equal(end[k], start[k]) for k in start if not k.startswith("fc."))
+    assert not torch.equal(end["fc.weight"], start["fc.weight"])
+    assert math.isfinite(result.test_metrics["balanced_error"])
+
+
+def _val_size(bundle, cfg) -> int:
+    from ab_plugin.data import split_per_class
+
+    return len(split_per_class(bundle.train, cfg.val_fraction, cfg.seed, cfg.val_min_per_class)[1])
+
+
+@pytest.mark.parametrize("recipe", ["crt", "tau-norm", "wb", "search"])
+def test_baseline_with_a_stage2_recipe_keeps_stage1_metrics(tiny_bundle, recipe):
+    cfg = Config(**TINY, stage2=recipe, stage2_epochs=2)
+    torch.manual_seed(0)
+    result = train_baseline("ce", tiny_bundle, cfg, model=TinyNet())
+    assert result.stage2["recipe"] == recipe and result.stage2["seconds"] > 0
+    assert result.stage1_test_metrics is not None and result.test_metrics is not None
+    if recipe == "tau-norm":  # chosen on a split held out of the training set, never on the test set
+        assert result.stage2["tau"] in TAU_GRID
+    if recipe == "search":
+        assert result.stage2["grad_norm"] < 1e-9
+
+
+def test_stage2_search_end_to_end_through_the_cli(tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = cli("search", "--dataset", "digits-lt", "--backbone", "resnet20", "--epochs", "1",
+                            "--batch-size", "64", "--device", "cpu", "--quiet", "--compare", "", "--stage2",
+                            "search", "--stage2-hyper-steps", "3", "--workers", "0", "--format", "json",
+                            "--out", str(out))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    search, again = summary["stages"]["search"], summary["stages"]["retrain"]
+    assert search["hyper_steps"] == 3 and search["stage2"]["max_solve_grad_norm"] < 1e-8
+    assert again["stage2"]["recipe"] == "search" and "retrain:stage1" in summary["stages"]
+    alpha = json.loads((out / "search" / "result.json").read_text())["alpha"]
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["loss"]["logit_bias"] == pytest.approx(alpha["logit_bias"])
+    history = json.loads((out / "search" / "result.json").read_text())["history"]
+    assert alpha["logit_bias"] != pytest.approx(history[0]["alpha"]["logit_bias"])  # stage 1 kept α's init
+    assert (out / "retrain" / "result.json").exists()

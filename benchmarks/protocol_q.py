@@ -37,10 +37,11 @@ BASELINES = ["ce", "la", "ldam-drw", "cdt", "vs"]
 #: epochs here. Their DRW of balanced softmax is a switch (lib/loss/loss_impl/balanced_softmax_cross_entropy_loss.py,
 #: ``update``: the log n_c shift is all ones, i.e. plain CE, until START_EPOCH), not class-balanced weights on
 #: top of it: ``rebalance_from``. Balanced softmax is la with τ = 1 (tests/losses/test_parametric.py).
-#: ``ce-mixup-drw`` is LDAM-DRW's deferred class-balanced re-weighting of CE with mixup. Each rival: the loss,
-#: then its Config changes.
+#: ``bs-mixup`` is their balanced softmax with mixup throughout (no deferral); ``ce-mixup-drw`` is LDAM-DRW's
+#: deferred class-balanced re-weighting of CE, with mixup. Each rival: the loss, then its Config changes.
 MIXUP = {"mixup": 1.0}
 RIVALS = {
+    "bs-mixup": ("la", {"tau": 1.0, **MIXUP}),
     "bs-mixup-drw": ("la", {"tau": 1.0, **MIXUP, "rebalance_from": 0.8}),
     "ce-mixup-drw": ("ce", {**MIXUP, "drw_from": 0.8}),
 }

@@ -9,6 +9,7 @@ from conftest import TinyNet
 
 from ab_plugin import AutoBalance, Config, TrainerCallback, retrain, train_baseline
 from ab_plugin.hypergrad import FeatureProblem
+from ab_plugin.policies._cuda import LEVELS_KEY
 from ab_plugin.trainer import CHECKPOINT, METRICS
 
 FAST = dict(dataset="blobs", epochs=12, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.25, interval=2,
@@ -48,7 +49,8 @@ def test_every_engine_moves_alpha(tiny_bundle, engine):
 
 # learned: the replayed batch's draws are checkpointed; with mixup / CutMix the mix's draws too
 @pytest.mark.parametrize(("augment", "recipe"), [("none", {}), ("learned", {}),
-                                                 ("learned", {"mixup": 1.0, "cutmix": 1.0, "drw_from": 0.5})])
+                                                 ("learned", {"mixup": 1.0, "cutmix": 1.0, "drw_from": 0.5}),
+                                                 ("cuda", {})])
 def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment, recipe):
     cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25, "augment": augment, **recipe})
 
@@ -73,6 +75,7 @@ def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment, recipe):
     assert full.hyper_steps > 0
     assert resumed.alpha == full.alpha and resumed.augmentation == full.augmentation
     assert resumed.test_metrics == full.test_metrics
+    assert [h.get(LEVELS_KEY) for h in resumed.history] == [h.get(LEVELS_KEY) for h in full.history]  # cuda
     assert (tmp_path / "b" / CHECKPOINT).exists() and (tmp_path / "b" / METRICS).exists()
 
 

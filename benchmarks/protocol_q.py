@@ -56,6 +56,9 @@ AUTOBALANCE = {
     # the default search with the rivals' mixup, for the search and the retrain alike (the search learns the
     # re-balancing itself, so it takes no deferral)
     "ab-dl-la-mixup": {"init": "la", "learn": ("logit_bias", "logit_scale"), **MIXUP},
+    # the default search while CUDA's curriculum drives the augmentation (issue 24's "CUDA + learned loss";
+    # CUDA on a fixed loss is the baseline ``la@augment=cuda``)
+    "ab-dl-la-cuda": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "cuda"},
 }
 METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 

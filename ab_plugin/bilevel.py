@@ -280,7 +280,12 @@ class Bilevel:
         device = p.device
         train = [(e.features.to(device), e.target.to(device)) for e in self._buffer]
         newest = self._buffer[-1]
-        if newest.draws is not None:
+        if newest.draws is not None and self._bank:
+            # the newest batch at every strength of the bank, A's graph in the targets' mixture weights
+            with torch.no_grad():
+                feats = self._bank_forward(p, newest, device, p.features)
+            train[-1] = (feats, self._bank_targets(train[-1][1]))
+        elif newest.draws is not None:
             # the newest batch's features rebuilt with a graph from A, from the draws it was trained with; it
             # keeps its share (one batch of the buffer) of the training loss
             with _mode(p.model, True), frozen_norm_stats(p.model), p.autocast():
@@ -289,6 +294,28 @@ class Bilevel:
         val = self._val.get(step, lambda: self._val_features(p))
         return FeatureProblem(p.classifier, self.loss, self.objective, self.hparams.all, train, val,
                               self.weight_decay)
+
+    @property
+    def _bank(self) -> bool:
+        """Whether A is an augmentation bank's mixture, learned through the expected loss
+        (:class:`~ab_plugin.policies.BankPolicy`): A then reaches the training loss through per-sample weights."""
+        return bool(self.hparams.policy) and hasattr(self.policy, "bank_draws")
+
+    def _bank_forward(self, p: Pipeline, entry: _Entry, device: torch.device,
+                      head: Callable[[Tensor], Tensor]) -> Tensor:
+        """``head`` of the buffered batch at every strength of the bank, the same draws at each (``[K * B, ...]``,
+        strength-major), in training mode without moving the normalisation statistics."""
+        y = entry.target.to(device)
+        with _mode(p.model, True), frozen_norm_stats(p.model), p.autocast():
+            return torch.cat([full_precision(head(p.train_input(entry.inputs.to(device), y, d)))
+                              for d in self.policy.bank_draws(_draws_on(entry.draws, device))])
+
+    def _bank_targets(self, y: Tensor) -> Tensor:
+        """``[K * B, C]`` soft targets ``π_{y,k} · onehot(y)`` of :meth:`_bank_forward`'s rows: the loss's mean per
+        unit of target mass then gives each image its expected loss over the bank, one image's share."""
+        weights = self.policy.weights(y)  # [B, K], graph to A
+        onehot = nn.functional.one_hot(y.long(), self.policy.num_classes).to(weights.dtype)
+        return (weights.T[:, :, None] * onehot[None]).reshape(-1, onehot.shape[1])
 
     @torch.no_grad()
     def _val_features(self, p: Pipeline) -> list[Batch]:
@@ -327,6 +354,8 @@ class Bilevel:
         xv, yv, *gv = p.val_batches(1)[0]
 
         def train_loss() -> Tensor:
+            if self._bank:
+                return self.loss(self._bank_forward(p, newest, device, p.model), self._bank_targets(y))
             with _mode(p.model, True), frozen_norm_stats(p.model):
                 return self.loss(p.train_logits(x, y, draws), y)
 

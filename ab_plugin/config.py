@@ -110,11 +110,15 @@ class Config:
     # augmentation
     augment: str = _opt("fixed", group="augment", help=(
         "fixed: crop + flip; generic: one learned policy for all classes; learned: a per-class learned policy "
-        "(PDA); cuda: crop + flip, then CUDA's per-class curriculum of op count and strength (not learned; a "
-        "retrain starts its own); none: no augmentation"))
+        "(PDA); bank: per-class learned mixture over a bank of CUDA strengths 0,2,..,10, through the expected "
+        "loss (head engine); cuda: crop + flip, then CUDA's per-class curriculum of op count and strength (not "
+        "learned; a retrain starts its own); none: no augmentation"))
     augment_init_probability: float = _opt(0.1, group="augment", help=(
         "generic / learned: probability (0, 1) each op starts with (near the identity: rarely applied); the "
-        "upper level grows it"))
+        "upper level grows it. bank: the mixture's mass spread evenly over the bank, the rest on strength 0"))
+    augment_warm_start: bool = _opt(False, group="augment", help=(
+        "bank: follow CUDA's curriculum until the upper phase starts, then start the mixture from its levels "
+        "(else from near strength 0)"))
     augment_init_magnitude: float = _opt(0.1, group="augment", help=(
         "generic / learned: strength (0, 1) each op starts with (weak); the upper level grows it"))
     augment_entropy: float = _opt(0.0, group="augment", range=(0.0, math.inf), help=(

@@ -20,7 +20,16 @@ from .losses import ParametricCrossEntropy, create_loss, create_sharing
 from .losses._parametric import NEEDS_NORMED_HEAD
 from .models import create_backbone
 from .objectives import GROUP_OBJECTIVES, create_objective
-from .policies import FORMAT_VERSION, ClassPolicy, PolicyFile, create_policy, policy_from_module, save_policy
+from .policies import (
+    FORMAT_VERSION,
+    BankPolicy,
+    ClassPolicy,
+    PolicyFile,
+    create_policy,
+    policy_from_module,
+    save_policy,
+)
+from .policies._file import augmentation_to_module
 from .policies._file import LOSS_KEYS, make_provenance
 from .policies._policy import LEARNED_KINDS
 from .stage2 import Features, apply_recipe, exact_search, get_recipe, linear_probe
@@ -99,6 +108,8 @@ def _needs_groups(cfg: Config, data: Split) -> None:
 def _policy_options(cfg: Config, basis: torch.Tensor | None) -> dict[str, Any]:
     """Keyword options of the search's policy: a per-class (PDA) policy shares its parameters across classes
     the way the loss does; a learned kind starts near the identity (``augment_init_*``)."""
+    if cfg.augment == "bank":
+        return {"init_spread": cfg.augment_init_probability, "basis": basis, "warm_start": cfg.augment_warm_start}
     if cfg.augment not in LEARNED_KINDS:
         return {}
     return {"init_probability": cfg.augment_init_probability, "init_magnitude": cfg.augment_init_magnitude,
@@ -170,7 +181,7 @@ def _finish(trainer: Trainer, kind: str, method: str, data: Split, test: Split |
         classes=list(data.classes),
         class_counts=[int(c) for c in data.class_counts()],
         alpha=trainer.loss.per_class(),
-        augmentation=policy_from_module(policy) if isinstance(policy, ClassPolicy) else None,
+        augmentation=policy_from_module(policy) if isinstance(policy, (ClassPolicy, BankPolicy)) else None,
         config=trainer.cfg.to_dict(),
         history=st.history,
         val_metrics=metrics(val),
@@ -287,8 +298,7 @@ def retrain(
         )
     loss = fixed_loss_from_alpha(alpha)
     if augmentation is not None and cfg.augment in LEARNED_KINDS:
-        policy = ClassPolicy(n, augmentation["ops"], learnable=False, crop_flip=bool(augmentation["crop_flip"]))
-        policy.load_per_class(augmentation["per_class"])
+        policy = augmentation_to_module(augmentation, n)
     else:
         policy = create_policy(_unlearned(cfg.augment), n)
     model = model if model is not None else build_model(cfg, n, "retrain")

@@ -191,6 +191,12 @@ class Trainer:
             # those engines recompute training batches with fresh draws: a fresh mix would not match the targets
             raise ValueError(f"--mixup / --cutmix need the head engine in a search (the {cfg.engine} engine does "
                              "not replay the mix its buffered targets were made with): use --engine head")
+        if self.bilevel is not None and hasattr(policy, "bank_draws"):
+            # the bank's mixture reaches the training loss through the head engine's weighted targets only; a
+            # mixed image has two classes' mixtures
+            if not self.bilevel.uses_features or cfg.mixup or cfg.cutmix:
+                raise ValueError("--augment bank is learned by the head engine on unmixed batches: use --engine head "
+                                 "without --mixup / --cutmix")
         self.pipeline = Pipeline(self.model, self.features, self.classifier, self._train_input,
                                  lambda x: self._model_input(x), self._val_batches, self._autocast, self.optimizer)
         self.state = TrainState()

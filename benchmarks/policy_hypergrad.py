@@ -62,6 +62,9 @@ def compare(est: list, ref: list) -> dict[str, dict[str, float]]:
 
     out = {}
     for part, pick in zip(PARTS, (slice(None), slice(0, 1), slice(1, 2)), strict=True):
+        if not est[pick]:  # a bank's A is one tensor: no magnitude part
+            out[part] = {"cos": math.nan, "rel_norm": math.nan, "sign": math.nan}
+            continue
         e = torch.cat([g.reshape(-1).double() for g in est[pick]])
         r = torch.cat([g.reshape(-1).double() for g in ref[pick]])
         den = float(e.norm() * r.norm())
@@ -145,11 +148,17 @@ def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -
         finally:
             m.train(was)
 
+    policy = trainer.policy
+    bank = hasattr(policy, "bank_draws")
+    newest = core._buffer[-1]
+    trained_draws = newest.draws
     with torch.random.fork_rng(devices=[]):
         try:
             for e in range(args.estimate_draws):
                 torch.manual_seed(base + e)
-                pipeline = p if e == 0 else fresh
+                pipeline = p if e == 0 or bank else fresh
+                if bank:  # the bank replays the buffered draws at every strength: fresh ones go into the buffer
+                    newest.draws = trained_draws if e == 0 else policy.sample_params(newest.inputs, newest.target)
                 core.augment_hypergrad = "head"
                 with Clock() as c:
                     head = core.hypergradient(pipeline, step=trainer.state.step)
@@ -161,22 +170,27 @@ def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -
                 est["head"].append([g.detach() for g in head[n_loss:]])
                 est["backbone"].append([(b - h).detach() for h, b in zip(head[n_loss:], both[n_loss:], strict=True)])
 
+            newest.draws = trained_draws
             buffer = list(recorder.batches)
             val = p.val_batches(None)
             engine = UnrolledEngine(steps=cfg0.interval)
             for d in range(args.draws):
                 order = torch.randperm(len(buffer), generator=torch.Generator().manual_seed(base + 100 + d)).tolist()
                 batches = [(buffer[i][0], buffer[i][1]) for i in order[: cfg0.interval]]
+                torch.manual_seed(base + 100 + d)
+                if bank:
+                    batches = [bank_batch(p, policy, core, x, y) for x, y in batches]
                 problem = ModelProblem(trainer.model, trainer.loss, core.objective, core.hparams.all, batches, val,
+                                       bank_forward(trainer.model) if bank else
                                        lambda x, y, m=None: p.train_logits(x, y, None, m), val_forward,
                                        cfg0.weight_decay, trainer.optimizer)
-                torch.manual_seed(base + 100 + d)
                 with Clock() as c:
                     grads = engine(problem)
                 clocks["reference"].append(c)
                 ref.append([g.detach() for g in grads[n_loss:]])
         finally:
             core.augment_hypergrad = cfg0.augment_hypergrad
+            newest.draws = trained_draws
     after = snapshot(trainer)
     if len(after) != len(before) or not all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
         raise RuntimeError("the measurement changed the run's state")
@@ -207,6 +221,25 @@ def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -
     # how large the added term is beside the head engine's, and whether it points along it
     row["backbone_vs_head"] = compare(mean_of(est["backbone"]), mean_of(est["head"]))["all"]
     return row
+
+
+def bank_batch(p, policy, core, x, y) -> tuple:
+    """A training batch of the reference for ``--augment bank``: every image at every strength of the bank under
+    one fresh draw (``[K * B, ...]`` model inputs) and the targets that weight the rows by the mixture (a graph
+    to A), so that each unrolled step descends the expected loss over the bank."""
+    import torch
+
+    draws = policy.sample_params(x, y)
+    with torch.no_grad():
+        inputs = torch.cat([p.train_input(x, y, d) for d in policy.bank_draws(draws)])
+    return inputs, core._bank_targets(y)
+
+
+def bank_forward(model):
+    """The reference's training forward of :func:`bank_batch`'s inputs (already augmented and normalised)."""
+    from ab_plugin.bilevel import full_precision
+
+    return lambda x, y, m=None: full_precision((m if m is not None else model)(x))
 
 
 class Probe(TrainerCallback):
@@ -297,6 +330,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--estimate-draws", type=int, default=4, help="draws of each estimate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--augment", default="learned", choices=("learned", "bank"),
+                   help="the per-class policy measured: op probabilities and magnitudes, or a strength bank's "
+                        "mixture (then the 'probability' part is the mixture logits and 'magnitude' is empty)")
     args = p.parse_args(argv)
 
     import torch
@@ -306,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     cfg = Config(dataset="digits-lt", backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
-                 interval=args.interval, upper_start=args.upper_start, augment="learned", engine="head",
+                 interval=args.interval, upper_start=args.upper_start, augment=args.augment, engine="head",
                  augment_hypergrad="backbone", n_max=args.n_max, seed=args.seed, device="cpu", workers=0)
     bundle = create_dataset("digits-lt", imbalance=cfg.imbalance, profile=cfg.profile, n_max=cfg.n_max)
     probe = Probe(args)

@@ -6,6 +6,8 @@
   :data:`OPS`: the operations, with their magnitude ranges.
 - :class:`CudaPolicy` (``create_policy("cuda", C)``): CUDA's per-class curriculum of augmentation strength
   levels on the same ops, moved after every epoch by the model's accuracy on augmented training images.
+- :class:`BankPolicy` (``create_policy("bank", C)``): per-class mixture weights over a bank of CUDA strengths,
+  learned through the expected training loss (PDA whose hypergradient the head engine takes exactly).
 - :class:`PolicyFile`, :func:`save_policy`, :func:`load_policy` (:class:`PolicyFileError`): versioned JSON
   export / import (data only, format :data:`FORMAT_VERSION`); :func:`policy_from_module` /
   :func:`policy_to_module` convert between a :class:`ClassPolicy` and the file's ``augmentation`` entry.
@@ -15,6 +17,7 @@
 - :func:`policy_movement`: how far a searched policy moved from its start, per class and op.
 """
 
+from ._bank import BankPolicy
 from ._cuda import CudaPolicy
 from ._file import (
     FORMAT_VERSION,
@@ -38,6 +41,7 @@ from ._zoo import list_zoo
 __all__ = [
     "FORMAT_VERSION",
     "OPS",
+    "BankPolicy",
     "ClassPolicy",
     "CudaPolicy",
     "PerClassTransform",

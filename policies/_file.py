@@ -3,15 +3,23 @@
 Example (``C = 2``)::
 
     {
-      "version": 1,
+      "version": 2,
       "classes": ["cat", "dog"],
       "class_counts": [500, 50],
       "loss": {"class_weight": [1.0, 1.0], "logit_bias": [0.0, -0.3], "logit_scale": [1.0, 0.6]},
-      "augmentation": {"ops": ["rotate", "flip"], "crop_flip": true,
+      "augmentation": {"kind": "ops", "ops": ["rotate", "flip"], "crop_flip": true,
                        "per_class": {"rotate": {"probability": [0.5, 0.7], "magnitude": [0.2, 0.4]},
                                      "flip": {"probability": [0.5, 0.5]}}},
       "provenance": {"dataset": "...", "backbone": "...", "created": "2025-01-01T00:00:00+00:00"}
     }
+
+``augmentation.kind`` is ``ops`` (a :class:`ClassPolicy`: per-class probability and magnitude of each op) or
+``bank`` (a :class:`~ab_plugin.policies.BankPolicy`: per-class mixture weights over a bank of CUDA strengths)::
+
+      "augmentation": {"kind": "bank", "ops": ["rotate", "cutout"], "strengths": [0, 2, 4], "max_d": 30.0,
+                       "crop_flip": true, "per_class": {"mixture": [[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]]}}
+
+Version 1 files (before ``kind``; every one is of kind ``ops``) still load.
 
 Data only: loading parses JSON (``json.loads``) and validates it; nothing is imported or executed.
 ``loss`` holds the effective per-class values of the loss ``w_y · CE(Δ ⊙ z + l, y)``: ``class_weight``
@@ -31,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._bank import BankPolicy
 from ._ops import OPS
 from ._policy import ClassPolicy
 
@@ -46,13 +55,17 @@ __all__ = [
     "check_num_classes",
     "policy_from_module",
     "policy_to_module",
+    "augmentation_to_module",
     "make_provenance",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS: tuple[int, ...] = (1, 2)
+"""Versions this ab-plugin reads: 1 is version 2 without ``augmentation.kind`` (always ``ops``)."""
 LOSS_KEYS: tuple[str, ...] = ("class_weight", "logit_bias", "logit_scale")
 _TOP_KEYS: tuple[str, ...] = ("version", "classes", "class_counts", "loss", "augmentation", "provenance")
-_AUG_KEYS: tuple[str, ...] = ("ops", "per_class", "crop_flip")
+_AUG_KEYS: dict[str, tuple[str, ...]] = {"ops": ("kind", "ops", "per_class", "crop_flip"),
+                                         "bank": ("kind", "ops", "strengths", "max_d", "per_class", "crop_flip")}
 _REEXPORT = "re-export it with `ab-plugin export`"
 #: Largest policy file read (bytes): room for tens of thousands of classes, and a bound on the memory a
 #: hostile or mistaken file can take while it is parsed.
@@ -72,7 +85,9 @@ class PolicyFile:
         classes: ``C`` class names, unique.
         class_counts: ``C`` training counts ``n_j >= 0``.
         loss: ``{"class_weight": [C], "logit_bias": [C], "logit_scale": [C]}`` (``w > 0``, ``l``, ``Δ > 0``).
-        augmentation: ``{"ops": [...], "per_class": ClassPolicy.per_class(), "crop_flip": bool}`` or ``None``.
+        augmentation: ``{"kind": "ops", "ops": [...], "per_class": ClassPolicy.per_class(), "crop_flip": bool}``,
+            ``{"kind": "bank", "ops", "strengths", "max_d", "per_class": {"mixture": [C][K]}, "crop_flip"}`` or
+            ``None``.
         provenance: free-form JSON data: dataset, backbone, epochs, seed, metrics, created, ab_plugin version.
     """
 
@@ -147,26 +162,31 @@ def _check_keys(source: str, where: str, d: Mapping[str, Any], keys: tuple[str, 
         raise _err(source, f"{where} has unknown key(s) {extra} (expected exactly {list(keys)})")
 
 
-def _check_version(source: str, data: Any) -> None:
+def _check_version(source: str, data: Any) -> int:
     if not isinstance(data, dict):
         raise _err(source, f"top level must be a JSON object, got {type(data).__name__}")
+    reads = " and ".join(str(v) for v in READS_VERSIONS)
     if "version" not in data:
-        raise PolicyFileError(
-            f"policy file {source} has no version; this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
-        )
+        raise PolicyFileError(f"policy file {source} has no version; this ab-plugin reads versions {reads}: {_REEXPORT}")
     v = data["version"]
-    if isinstance(v, bool) or not isinstance(v, int) or v != FORMAT_VERSION:
+    if isinstance(v, bool) or not isinstance(v, int) or v not in READS_VERSIONS:
         raise PolicyFileError(
-            f"policy file {source} has version {v!r:.40}; this ab-plugin reads version {FORMAT_VERSION}: {_REEXPORT}"
-        )
+            f"policy file {source} has version {v!r:.40}; this ab-plugin reads versions {reads}: {_REEXPORT}")
+    return v
 
 
-def _validate_augmentation(source: str, aug: Any, c: int) -> dict[str, Any] | None:
+def _validate_augmentation(source: str, aug: Any, c: int, version: int) -> dict[str, Any] | None:
     if aug is None:
         return None
     if not isinstance(aug, dict):
         raise _err(source, f"augmentation must be an object or null, got {type(aug).__name__}")
-    _check_keys(source, "augmentation", aug, _AUG_KEYS)
+    if version == 1:  # before kinds: a per-op policy
+        _check_keys(source, "augmentation", aug, _AUG_KEYS["ops"][1:])
+        aug = {"kind": "ops", **aug}
+    kind = aug.get("kind")
+    if kind not in _AUG_KEYS:
+        raise _err(source, f"augmentation.kind is {kind!r:.40} but must be one of {list(_AUG_KEYS)}")
+    _check_keys(source, "augmentation", aug, _AUG_KEYS[kind])
     ops = aug["ops"]
     if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
         raise _err(source, "augmentation.ops must be a list of op names")
@@ -177,6 +197,8 @@ def _validate_augmentation(source: str, aug: Any, c: int) -> dict[str, Any] | No
         raise _err(source, f"augmentation.ops lists an op twice: {ops}")
     if not isinstance(aug["crop_flip"], bool):
         raise _err(source, "augmentation.crop_flip must be true or false")
+    if kind == "bank":
+        return _validate_bank(source, aug, c)
     per_class = aug["per_class"]
     if not isinstance(per_class, dict):
         raise _err(source, "augmentation.per_class must be an object {op: {probability, magnitude}}")
@@ -201,7 +223,34 @@ def _validate_augmentation(source: str, aug: Any, c: int) -> dict[str, Any] | No
                     "probabilities and magnitudes are fractions",
                 )
             out_pc[op][k] = vals
-    return {"ops": list(ops), "per_class": out_pc, "crop_flip": aug["crop_flip"]}
+    return {"kind": "ops", "ops": list(ops), "per_class": out_pc, "crop_flip": aug["crop_flip"]}
+
+
+def _validate_bank(source: str, aug: dict[str, Any], c: int) -> dict[str, Any]:
+    """The ``bank`` kind's own fields: strengths, ``max_d`` and the ``[C][K]`` mixture."""
+    if not aug["ops"] or not all(OPS[o].has_magnitude for o in aug["ops"]):
+        raise _err(source, "augmentation.ops of a bank must be ops with a magnitude (flip has none)")
+    strengths = aug["strengths"]
+    if (not isinstance(strengths, list) or len(strengths) < 2 or strengths[0] != 0
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in strengths)
+            or any(b <= a for a, b in zip(strengths, strengths[1:]))):
+        raise _err(source, "augmentation.strengths must be increasing whole numbers starting at 0 (at least 2)")
+    max_d = _as_float(aug["max_d"])
+    if max_d is None or max_d <= 0:
+        raise _err(source, "augmentation.max_d must be a number > 0")
+    per_class = aug["per_class"]
+    if not isinstance(per_class, dict) or set(per_class) != {"mixture"}:
+        raise _err(source, "augmentation.per_class of a bank must be an object {\"mixture\": [[K weights] per class]}")
+    rows = per_class["mixture"]
+    if not isinstance(rows, list) or len(rows) != c:
+        raise _err(source, f"augmentation.per_class.mixture must hold {c} rows (one per class)")
+    k = len(strengths)
+    mixture = [_float_list(source, f"augmentation.per_class.mixture[{i}]", row, k) for i, row in enumerate(rows)]
+    for i, row in enumerate(mixture):
+        if min(row) < 0 or abs(sum(row) - 1.0) > 1e-4:
+            raise _err(source, f"augmentation.per_class.mixture[{i}] must be non-negative weights summing to 1")
+    return {"kind": "bank", "ops": list(aug["ops"]), "strengths": list(strengths), "max_d": max_d,
+            "per_class": {"mixture": mixture}, "crop_flip": aug["crop_flip"]}
 
 
 def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
@@ -217,7 +266,7 @@ def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
         PolicyFileError: anything invalid (wrong version, missing keys, class-count mismatch, non-finite or
             non-numeric values, fractions outside ``[0, 1]``, ``class_weight <= 0`` or ``logit_scale <= 0``).
     """
-    _check_version(source, data)
+    version = _check_version(source, data)
     _check_keys(source, "top level", data, _TOP_KEYS)
     classes = data["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(n, str) and n for n in classes):
@@ -241,7 +290,7 @@ def policy_from_dict(data: Any, source: str = "<dict>") -> PolicyFile:
         bad = [i for i, f in enumerate(loss_out[k]) if not f > 0.0]
         if bad:
             raise _err(source, f"loss.{k}[{bad[0]}] = {loss_out[k][bad[0]]!r} but {k} must be > 0")
-    aug = _validate_augmentation(source, data["augmentation"], c)
+    aug = _validate_augmentation(source, data["augmentation"], c, version)
     prov = data["provenance"]
     if not isinstance(prov, dict):
         raise _err(source, f"provenance must be an object, got {type(prov).__name__}")
@@ -360,38 +409,59 @@ def check_num_classes(policy: PolicyFile, num_classes: int) -> None:
         )
 
 
-def policy_from_module(policy_module: ClassPolicy) -> dict[str, Any]:
-    """The ``augmentation`` section for a :class:`ClassPolicy`: ``{"ops", "per_class", "crop_flip"}``."""
+def policy_from_module(policy_module: ClassPolicy | BankPolicy) -> dict[str, Any]:
+    """The ``augmentation`` section of a learned policy module (see :class:`PolicyFile`)."""
+    if isinstance(policy_module, BankPolicy):
+        return {"kind": "bank", "ops": list(policy_module.ops), "strengths": list(policy_module.strengths),
+                "max_d": float(policy_module.max_d), "crop_flip": bool(policy_module.crop_flip),
+                "per_class": {"mixture": policy_module.mixture.detach().double().cpu().tolist()}}
     return {
+        "kind": "ops",
         "ops": list(policy_module.ops),
         "per_class": policy_module.per_class(),
         "crop_flip": bool(policy_module.crop_flip),
     }
 
 
-def policy_to_module(policy: PolicyFile, *, learnable: bool = False, **kw: Any) -> ClassPolicy | None:
-    """Build a :class:`ClassPolicy` (identity basis) holding the file's per-class augmentation.
+def augmentation_to_module(aug: dict[str, Any], num_classes: int, *, learnable: bool = False,
+                           **kw: Any) -> ClassPolicy | BankPolicy:
+    """The policy module (identity basis) of a validated ``augmentation`` section (:func:`policy_from_module`'s
+    inverse: exact for ``ops``, to float32 rounding for ``bank``).
+
+    Raises:
+        PolicyFileError: the section does not fit its kind's module.
+    """
+    kind = aug.get("kind", "ops")  # a run's result.json from before kinds holds an ops policy
+    try:
+        if kind == "bank":
+            module = BankPolicy(num_classes, strengths=aug["strengths"], ops=aug["ops"], max_d=aug["max_d"],
+                                crop_flip=bool(aug["crop_flip"]), learnable=learnable, **kw)
+            module.load_mixture(aug["per_class"]["mixture"])
+            return module
+        module = ClassPolicy(num_classes, aug["ops"], learnable=learnable, crop_flip=bool(aug["crop_flip"]), **kw)
+        module.load_per_class(aug["per_class"])
+        return module
+    except ValueError as e:
+        raise PolicyFileError(f"policy augmentation does not fit its {kind} policy ({e}); {_REEXPORT}") from None
+
+
+def policy_to_module(policy: PolicyFile, *, learnable: bool = False, **kw: Any) -> ClassPolicy | BankPolicy | None:
+    """Build the policy module (identity basis) holding the file's per-class augmentation:
+    :class:`ClassPolicy` for kind ``ops``, :class:`~ab_plugin.policies.BankPolicy` for ``bank``.
 
     Exact: ``policy_from_module(policy_to_module(pf))`` equals ``pf.augmentation`` when it was exported
-    from a float32 module.
+    from a float32 ``ops`` module (a bank's mixture to float32 rounding).
 
     Args:
         policy: a validated policy file.
         learnable: make the loaded parameters learnable (e.g. to continue a search).
-        **kw: forwarded to :class:`ClassPolicy` (e.g. ``temperature``, ``padding``).
+        **kw: forwarded to the module (e.g. ``temperature``, ``padding``).
 
     Returns:
         the module, or ``None`` when the file has no augmentation section.
     """
     aug = policy.augmentation
-    if aug is None:
-        return None
-    module = ClassPolicy(policy.num_classes, aug["ops"], learnable=learnable, crop_flip=bool(aug["crop_flip"]), **kw)
-    try:
-        module.load_per_class(aug["per_class"])
-    except ValueError as e:
-        raise PolicyFileError(f"policy augmentation does not fit a ClassPolicy ({e}); {_REEXPORT}") from None
-    return module
+    return None if aug is None else augmentation_to_module(aug, policy.num_classes, learnable=learnable, **kw)
 
 
 def make_provenance(**fields: Any) -> dict[str, Any]:

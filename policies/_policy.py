@@ -468,9 +468,10 @@ def _none(num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> None:
     return None
 
 
-LEARNED_KINDS: tuple[str, ...] = ("generic", "learned")
-"""Kinds whose probabilities and magnitudes the search learns (``generic``: one policy for all classes;
-``learned``: one per class, PDA, shared through the loss's basis)."""
+LEARNED_KINDS: tuple[str, ...] = ("generic", "learned", "bank")
+"""Kinds the search learns (``generic``: one policy's op probabilities and magnitudes for all classes;
+``learned``: one per class, PDA, shared through the loss's basis; ``bank``: per-class mixture weights over a
+bank of strengths, :class:`~ab_plugin.policies.BankPolicy`)."""
 
 
 def create_policy(kind: str, num_classes: int, *, basis: Tensor | None = None, **kw: Any) -> nn.Module | None:

@@ -60,18 +60,22 @@ def parametric_cross_entropy(
         logit_bias: ``l`` ``[C]``, additive logit shift (logit adjustment).
         logit_scale: ``Δ`` ``[C]``, multiplicative logit scale (CDT).
         margin: ``m`` ``[C]``, a margin taken off the true-class logit (LDAM); with soft targets
-            ``t ⊙ m`` is taken off.
+            ``(t / Σ_c t_c) ⊙ m`` is taken off.
         margin_scale: ``s``, multiplies the adjusted logits (LDAM's normalised-classifier scale).
         reduction: "mean", "sum" or "none" (``[B]``). With ``class_weight``, "mean" is the weighted mean
             ``Σ_i w_i ℓ_i / Σ_i w_i`` (``w_i = Σ_c t_ic w_c``), as ``F.cross_entropy(weight=...)`` and LDAM-DRW
             reduce: the weights then change each class's share of the gradient without changing its overall
-            step size, for fixed (DRW) and learned ``w`` alike.
+            step size, for fixed (DRW) and learned ``w`` alike. Soft targets are averaged per unit of target
+            mass (``Σ_i ℓ_i / Σ_ic t_ic``): a row summing to ``π < 1`` counts as that share of an image, so ``K``
+            rows of one image weighted by a mixture ``π_k`` (an augmentation bank's expected loss) count as
+            one image.
     """
     num_classes = logits.shape[1]
+    soft = target.ndim == 2
     t = to_soft_targets(target, num_classes).to(logits.dtype)
     z = adjusted_logits(logits, logit_bias, logit_scale)
-    if margin is not None:
-        z = z - t * margin
+    if margin is not None:  # the margin follows the target's class mix, not its mass
+        z = z - (t / t.sum(dim=1, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny) if soft else t) * margin
     if margin_scale != 1.0:
         z = z * margin_scale
     nll = -(t * F.log_softmax(z, dim=1))
@@ -80,7 +84,7 @@ def parametric_cross_entropy(
     per_sample = nll.sum(dim=1)
     if reduction == "mean":
         if class_weight is None:
-            return per_sample.mean()
+            return per_sample.sum() / t.sum().clamp_min(torch.finfo(t.dtype).tiny) if soft else per_sample.mean()
         return per_sample.sum() / (t * class_weight).sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
     if reduction == "sum":
         return per_sample.sum()

@@ -29,8 +29,7 @@ from .policies import (
     policy_from_module,
     save_policy,
 )
-from .policies._file import augmentation_to_module
-from .policies._file import LOSS_KEYS, make_provenance
+from .policies._file import LOSS_KEYS, augmentation_to_module, make_provenance
 from .policies._policy import LEARNED_KINDS
 from .stage2 import Features, apply_recipe, exact_search, get_recipe, linear_probe
 from .trainer import CHECKPOINT, HyperSetup, Trainer

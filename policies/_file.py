@@ -167,7 +167,8 @@ def _check_version(source: str, data: Any) -> int:
         raise _err(source, f"top level must be a JSON object, got {type(data).__name__}")
     reads = " and ".join(str(v) for v in READS_VERSIONS)
     if "version" not in data:
-        raise PolicyFileError(f"policy file {source} has no version; this ab-plugin reads versions {reads}: {_REEXPORT}")
+        raise PolicyFileError(
+            f"policy file {source} has no version; this ab-plugin reads versions {reads}: {_REEXPORT}")
     v = data["version"]
     if isinstance(v, bool) or not isinstance(v, int) or v not in READS_VERSIONS:
         raise PolicyFileError(
@@ -233,7 +234,7 @@ def _validate_bank(source: str, aug: dict[str, Any], c: int) -> dict[str, Any]:
     strengths = aug["strengths"]
     if (not isinstance(strengths, list) or len(strengths) < 2 or strengths[0] != 0
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in strengths)
-            or any(b <= a for a, b in zip(strengths, strengths[1:]))):
+            or any(b <= a for a, b in zip(strengths, strengths[1:], strict=False))):
         raise _err(source, "augmentation.strengths must be increasing whole numbers starting at 0 (at least 2)")
     max_d = _as_float(aug["max_d"])
     if max_d is None or max_d <= 0:

@@ -100,7 +100,8 @@ class BankPolicy(CudaPolicy):
                  trials: int = TRIALS, max_d: float = MAX_D, apply_probability: float = APPLY_PROBABILITY,
                  crop_flip: bool = True, padding: int = 4) -> None:
         strengths = tuple(int(s) for s in strengths)
-        if len(strengths) < 2 or strengths[0] != 0 or any(b <= a for a, b in zip(strengths, strengths[1:], strict=False)):
+        steps = zip(strengths, strengths[1:], strict=False)
+        if len(strengths) < 2 or strengths[0] != 0 or any(b <= a for a, b in steps):
             raise ValueError(f"bank strengths must increase from 0 and hold at least 2, got {list(strengths)}")
         super().__init__(num_classes, ops=ops, gamma=gamma, trials=trials, max_level=strengths[-1], max_d=max_d,
                          apply_probability=apply_probability, padding=padding)

@@ -160,3 +160,60 @@ def test_trainer_callbacks_must_subclass_the_base(tiny_bundle):
     with pytest.raises(TypeError, match="TrainerCallback"):
         AutoBalance(Config(dataset="blobs", epochs=1, device="cpu")).build(tiny_bundle, model=TinyNet(4),
                                                                            callbacks=[Duck()])
+
+
+def test_the_bank_mixtures_hypergradient_matches_finite_differences_of_the_expected_loss_problem():
+    """The head step of ``--augment bank``: the newest batch at every strength, weighted by the mixture in the
+    training loss, against central differences of ``L_val(θ*(π))`` with ``θ*`` the exactly solved head."""
+    from ab_plugin.policies import BankPolicy
+
+    torch.manual_seed(0)
+    model, wd = Smooth(), 0.05
+    policy = BankPolicy(C, strengths=(0, 2, 4), ops=("brightness", "translate", "rotate"))
+    policy.load_mixture(torch.softmax(torch.randn(C, 3, generator=torch.Generator().manual_seed(1)), 1))
+    loss = create_loss("autobalance", torch.tensor(COUNTS), init="la", learn=("logit_bias",))
+    objective = create_objective("balanced")
+    core = Bilevel(loss, create_engine("head", iters=300, tol=1e-12), objective, policy=policy, hyper_batches=2,
+                   weight_decay=wd, augment_hypergrad="head")
+
+    def feats(x):
+        with torch.no_grad():
+            return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    (x0, y0), (x1, y1), (xv, yv) = (tuple(t.float() if t.is_floating_point() else t for t in _images(n, s))
+                                    for n, s in ((12, 10), (9, 11), (9, 12)))
+    d0, d1 = policy.sample_params(x0, y0), policy.sample_params(x1, y1)
+    core.push(y0, features=feats(policy(x0, y0, d0)))
+    core.push(y1, features=feats(policy(x1, y1, d1)), inputs=x1, draws=d1)
+    old, bank, val = feats(policy(x0, y0, d0)).double(), [feats(policy(x1, y1, d)).double()
+                                                          for d in policy.bank_draws(d1)], feats(xv).double()
+    bias = torch.tensor(loss.per_class()["logit_bias"], dtype=torch.float64)
+
+    def inner(theta, pi):
+        w, b = theta[:-C].reshape(C, -1), theta[-C:]
+        ce = lambda f, y: nn.functional.cross_entropy(f @ w.T + b + bias, y, reduction="none")  # noqa: E731
+        expected = sum(pi[y1, k] * ce(f, y1) for k, f in enumerate(bank))
+        return (ce(old, y0).sum() + expected.sum()) / (len(y0) + len(y1)) + 0.5 * wd * (theta * theta).sum()
+
+    def solve(pi):
+        theta = torch.zeros(model.fc.weight.numel() + C, dtype=torch.float64)
+        for _ in range(15):
+            theta = theta - torch.linalg.solve(torch.func.hessian(inner)(theta, pi), torch.func.grad(inner)(theta, pi))
+        return theta
+
+    def val_loss(logit):
+        theta = solve(torch.softmax(logit.double(), 1))
+        return float(objective(val @ theta[:-C].reshape(C, -1).T + theta[-C:], yv))
+
+    theta = solve(policy.mixture.detach().double())
+    with torch.no_grad():
+        model.fc.weight.copy_(theta[:-C].reshape(C, -1))
+        model.fc.bias.copy_(theta[-C:])
+    pipeline = Pipeline(model, lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model.fc,
+                        lambda x, y, draws: policy(x, y, draws), lambda x: x, lambda k: [(xv, yv)][:k])
+    got = core.hypergradient(pipeline, step=2)[1]
+    raw, eps, g = policy.mixture_logit.detach(), 1e-3, torch.Generator().manual_seed(2)
+    for _ in range(3):
+        d = torch.randn(raw.shape, generator=g)
+        fd = (val_loss(raw + eps * d) - val_loss(raw - eps * d)) / (2 * eps)
+        assert abs(float((got * d).sum()) - fd) <= 1e-9 + 2e-3 * abs(fd), (float((got * d).sum()), fd)

@@ -62,6 +62,26 @@ def test_soft_targets_mix_per_class_terms():
     assert torch.allclose(got, expected)
 
 
+def test_soft_targets_average_per_unit_of_mass_so_a_mixture_of_copies_counts_as_one_image():
+    """K rows of one image, targets ``π_k · onehot(y)``: each image's expected loss over the K copies, weighted as
+    one image (with class weights and with the LDAM margin, which follows the class mix, not the mass)."""
+    k, b = 3, 5
+    z, y = _batch(n=k * b)
+    labels = y[:b]
+    pi = torch.softmax(torch.randn(b, k, generator=torch.Generator().manual_seed(1)), 1)  # [B, K]
+    targets = (pi.T[:, :, None] * F.one_hot(labels, 6)[None]).reshape(k * b, 6)
+    per_row = F.cross_entropy(z, labels.repeat(k), reduction="none").reshape(k, b)  # row k * b + i: copy k of i
+    expected = (pi.T * per_row).sum(0)  # [B] expected loss per image
+    assert torch.allclose(parametric_cross_entropy(z, targets), expected.mean(), atol=1e-6)
+    w = torch.rand(6) + 0.5
+    weighted = (w[labels] * expected).sum() / w[labels].sum()
+    assert torch.allclose(parametric_cross_entropy(z, targets, class_weight=w), weighted, atol=1e-6)
+    m = torch.rand(6)
+    margin = F.cross_entropy(z - F.one_hot(labels.repeat(k), 6) * m, labels.repeat(k), reduction="none")
+    assert torch.allclose(parametric_cross_entropy(z, targets, margin=m), (pi.T * margin.reshape(k, b)).sum(0).mean(),
+                          atol=1e-6)
+
+
 def test_ldam_margin_only_on_true_class():
     z, y = _batch()
     loss = create_loss("ldam", COUNTS, ldam_scale=1.0)

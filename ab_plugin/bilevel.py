@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad
+from .hypergrad import FeatureProblem, HypergradEngine, ModelProblem, backbone_policy_grad, uses_features
 from .hypergrad._engines import frozen_norm_stats, full_precision
 from .losses import ParametricCrossEntropy
 from .upper import UpperLevel
@@ -203,7 +203,7 @@ class Bilevel:
     @property
     def uses_features(self) -> bool:
         """Whether the engine works on captured classifier inputs (``head``) rather than input batches."""
-        return getattr(self.engine, "problem", ModelProblem) is FeatureProblem
+        return uses_features(self.engine)
 
     @property
     def buffered(self) -> int:

@@ -9,6 +9,7 @@ from ._engines import (
     UnrolledEngine,
     create_engine,
     list_engines,
+    uses_features,
 )
 from ._implicit import implicit_grad
 from ._solvers import Solver, conjugate_gradient, create_solver, neumann
@@ -29,4 +30,5 @@ __all__ = [
     "list_engines",
     "neumann",
     "unrolled_grad",
+    "uses_features",
 ]

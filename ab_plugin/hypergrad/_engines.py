@@ -265,3 +265,10 @@ def create_engine(name: str, **options) -> HypergradEngine:
 def list_engines() -> list[str]:
     return ENGINES.names()
 
+
+def uses_features(engine: object) -> bool:
+    """Whether ``engine`` solves a :class:`FeatureProblem` (the classifier on features the loop captured, with the
+    batch's own targets) rather than re-running the model on input batches with fresh random draws. Only such an
+    engine sees the mix a mixup / CutMix batch was trained on."""
+    return getattr(engine, "problem", ModelProblem) is FeatureProblem
+

@@ -8,10 +8,19 @@ validation balanced error is reported to the trial so that a pruner stops bad tr
 - the initialisation family and its strength: ``init`` in {la, cdt, vs} (``--inits``), LA τ (``tau``),
   CDT γ (``gamma``), VS both;
 - the upper learning rate ``upper_lr`` (log scale);
-- the validation split fraction ``val_fraction``.
+- the validation split fraction ``val_fraction``;
+- with ``--recipe-knobs`` (:class:`~.space.RecipeSpace`; off by default, so studies made without it resume
+  as they were) the training recipe: ``weight_decay`` (log scale), mixup's ``mixup`` α (0 = off included;
+  only with an engine that replays a batch's mix, ``head``), the DRW point ``drw_from`` (off or the start
+  of a proxy epoch, the only points a proxy tells apart) and ``stage2`` (``none``, ``crt``, ``wb`` or
+  ``search``; a trial with stage 2 applies it after its loop and is scored after it, so it is never pruned).
+  The known-good points carry the base config's own recipe. ``--space NAME=LOW,HIGH`` sets any knob's range
+  (``stage2=A,B``: its choices).
 
 ``ab-plugin search --warmstart STUDY|N`` (:func:`warmstart_config`, :mod:`.refine`) then starts the gradient
-search from the best trial's settings.
+search from the best trial's settings, recipe included: the search and the retrain after it (and a later
+``ab-plugin retrain RUN``, which reads the run's ``config.yaml``) train with the chosen weight decay, mixup,
+DRW point and stage 2.
 
 The study lives in a storage that survives a crash (:mod:`.storage`: ``OUT/study.db``, ``OUT/study.journal``
 or a database server); rerunning the same command continues it, and every worker runs the *same* command::

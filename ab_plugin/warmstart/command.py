@@ -15,7 +15,7 @@ from .._options import GroupedCommand, GroupedOption, config_options, resolve_co
 from ..config import Config
 from ._optuna import finished_states, import_optuna
 from .pruning import create_pruner
-from .space import SearchSpace
+from .space import PROXY_STAGE2, RecipeSpace, SearchSpace, space_from_options
 from .storage import resolve_storage
 from .study import WarmstartResult, run_warmstart
 
@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 def _option(*names: str, **kwargs: Any) -> Any:
     """``click.option`` of the command's own options: the "Command" section of --help."""
     return click.option(*names, cls=GroupedOption, **kwargs)
+
+
+def _space_help() -> str:
+    """``--space``'s help: each knob with its default range (``stage2``: its choices)."""
+
+    def shown(ranges: dict[str, list[Any]]) -> str:
+        return ", ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else v for v in values)}"
+                         for k, values in ranges.items() if k != "inits")
+
+    return (f"range of a searched knob, repeatable [defaults: {shown(SearchSpace().to_dict())}; with "
+            f"--recipe-knobs {shown(RecipeSpace().to_dict())} (stage2: choices among {', '.join(PROXY_STAGE2)})]")
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -56,6 +67,11 @@ def _is_user_error(e: BaseException) -> bool:
          help="epochs of each proxy search [default: --epochs / 6, at least 2]")
 @_option("--inits", default="la,cdt,vs", show_default=True,
          help="initialisation families searched (comma list of neutral, la, cdt, vs)")
+@_option("--recipe-knobs", is_flag=True,
+         help="also search the training recipe: --weight-decay (log scale), --mixup α (0: off; with the head "
+              "engine only), the --drw-from point (off or a proxy epoch's start) and --stage2; the search that "
+              "refines the best trial and its retrain train with them")
+@_option("--space", "ranges", multiple=True, metavar="NAME=LOW,HIGH", help=_space_help())
 @_option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
          help="stop this worker after this many SECONDS of wall time (the study stays resumable) [default: none]")
 @_option("--quiet", is_flag=True, help="no progress bar (the result is still printed)")
@@ -63,17 +79,19 @@ def _is_user_error(e: BaseException) -> bool:
                  user_error=_is_user_error)
 @config_options
 def warmstart_command(out: str, n_trials: int, study_name: str | None, storage: str, pruner: str, pruner_startup: int,
-                      sampler: str, trial_epochs: int | None, inits: str, timeout: float | None, quiet: bool,
-                      fmt: str, **kwargs: Any) -> None:
+                      sampler: str, trial_epochs: int | None, inits: str, recipe_knobs: bool, ranges: tuple[str, ...],
+                      timeout: float | None, quiet: bool, fmt: str, **kwargs: Any) -> None:
     """Optuna warm start: a coarse study over the init family and strength (LA τ, CDT γ, VS), the upper
-    learning rate and the validation fraction; each trial a short proxy search, pruned early when its
-    validation balanced error lags. Rerunning the same command continues the study.
+    learning rate and the validation fraction (with --recipe-knobs also weight decay, mixup, the DRW point and
+    stage 2); each trial a short proxy search, pruned early when its validation balanced error lags. Rerunning
+    the same command continues the study.
 
     \b
     Examples:
       ab-plugin warmstart --backbone resnet20 --epochs 30 --n-trials 20 --out runs/ws
       ab-plugin search --warmstart runs/ws --epochs 30 --out runs/demo   # refine from the best trial
       ab-plugin search --warmstart 20 --out runs/demo                      # both in one go
+      ab-plugin warmstart --recipe-knobs --space mixup=0,0.5 --space stage2=none,crt --out runs/wsr
     \b
     Workers (each runs the same command; --n-trials is the study's total):
       for i in 1 2 3 4; do ab-plugin warmstart --out runs/ws --n-trials 40 --quiet & done; wait
@@ -81,8 +99,7 @@ def warmstart_command(out: str, n_trials: int, study_name: str | None, storage: 
       ab-plugin warmstart --study-name ws --storage postgresql://ab:pw@db:5432/optuna --out runs/ws ...
     """
     cfg = resolve_config(kwargs)
-    space = SearchSpace(inits=tuple(s.strip().lower() for s in inits.split(",") if s.strip()))
-    space.validate()
+    space = space_from_options(inits, recipe=recipe_knobs, ranges=ranges)
     resolve_storage(storage, Path(out))  # bad --storage fails before any data is loaded
     create_pruner(pruner, max_resource=1)
     result = _run_with_progress(cfg, Path(out), enabled=fmt == "table" and not quiet, n_trials=n_trials,
@@ -122,7 +139,8 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 def _fmt_params(params: dict[str, Any]) -> dict[str, str]:
-    return {k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in params.items()}
+    """Table cells: floats to 3 digits, ``None`` (the DRW point's off) as "off"."""
+    return {k: (f"{v:.3g}" if isinstance(v, float) else "off" if v is None else str(v)) for k, v in params.items()}
 
 
 def _render(summary: dict[str, Any]) -> None:

@@ -26,7 +26,9 @@ def warmstart_config(base: Config, spec: str, *, storage: str | None, out: Path,
                      callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
                      bundle: DatasetBundle | None = None) -> Config:
     """``base`` updated with the best warm-start trial's settings (``init``, ``tau``/``gamma``, ``upper_lr``,
-    ``val_fraction``), for ``ab-plugin search --warmstart SPEC``.
+    ``val_fraction``; from a ``--recipe-knobs`` study also ``weight_decay``, ``mixup``, ``drw_from``,
+    ``stage2``), for ``ab-plugin search --warmstart SPEC``: they win over ``base``'s, and since a search's
+    retrain runs the search's config, the retrain trains with them too.
 
     ``spec``: an integer N runs (or resumes) an N-trial study in ``out/warmstart`` first, with the proxy
     length :func:`~.space.default_trial_epochs` of ``base.epochs``; a warmstart run folder (holding

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
-    from ..data import DatasetBundle
+    from ..data import DatasetBundle, Split
+    from ..trainer import Trainer
 
 #: Config fields that may differ between the workers of one study (they do not change the trials' result).
 _PER_MACHINE = ("device", "data_dir")
@@ -78,7 +79,8 @@ def run_warmstart(
 
     Args:
         base: the search configuration; each trial runs it for ``trial_epochs`` epochs with the trial's
-            ``init`` / ``tau`` / ``gamma`` / ``upper_lr`` / ``val_fraction``.
+            ``init`` / ``tau`` / ``gamma`` / ``upper_lr`` / ``val_fraction`` (and, with ``space.recipe``,
+            ``weight_decay`` / ``mixup`` / ``drw_from`` / ``stage2``).
         out: run folder (``config.yaml``, the study file of a local storage, ``warmstart.json``, plots).
         n_trials: total finished (complete + pruned) trials the study should hold, over all workers.
         study_name: ``None``: the name of ``out``.
@@ -106,6 +108,7 @@ def run_warmstart(
     trial_epochs = default_trial_epochs(base.epochs) if trial_epochs is None else int(trial_epochs)
     if trial_epochs < 1:
         raise ValueError(f"--trial-epochs must be >= 1, got {trial_epochs}")
+    space.check_base(base, trial_epochs)
     out = Path(out)
     check_command(out, "warmstart")  # never rewrite the config.yaml of a search / baseline / retrain run
     spec = resolve_storage(storage, out)
@@ -145,8 +148,9 @@ def run_warmstart(
 
 def _objective(study: optuna.Study, base: Config, space: SearchSpace, bundle: DatasetBundle, *, n_trials: int,
                trial_epochs: int) -> Callable[[optuna.Trial], float]:
-    """One trial: a ``trial_epochs``-epoch search with the sampled settings; returns the validation balanced
-    error after the last epoch (reported at ``step = trial_epochs``)."""
+    """One trial: a ``trial_epochs``-epoch search with the sampled settings (and, with the recipe knobs, its
+    stage 2: :func:`_proxy_stage2`); returns the validation balanced error at its end (reported at
+    ``step = trial_epochs``)."""
     from ..search import AutoBalance
     from ..trainer import NumericalError
 
@@ -158,11 +162,16 @@ def _objective(study: optuna.Study, base: Config, space: SearchSpace, bundle: Da
             trial.set_user_attr(ATTR_SURPLUS, True)
             study.stop()
             raise _SurplusTrial(f"the study already holds {n_trials} trials")
-        cfg = params_to_config(base, space.suggest(trial)).replace(epochs=trial_epochs)
+        cfg = params_to_config(base, space.suggest(trial, base, trial_epochs)).replace(epochs=trial_epochs)
+        # a trial with a searched stage 2 is scored after it: its epochs' errors are of a model it never hands
+        # on, so they are not reported and the pruner does not stop it (it runs its trial_epochs to the end)
+        staged = space.recipe is not None and cfg.stage2 != "none"
         t0 = time.perf_counter()
         try:
-            trainer, val = AutoBalance(cfg).build(bundle, callbacks=[TrialPruningCallback(trial)])
+            trainer, val = AutoBalance(cfg).build(bundle, callbacks=[] if staged else [TrialPruningCallback(trial)])
             trainer.fit()
+            if staged:
+                trial.set_user_attr("stage2", _proxy_stage2(trainer, val))
             metrics = trainer.evaluate(val)
         except NumericalError as e:
             trial.set_user_attr(ATTR_ERROR, str(e).splitlines()[0])
@@ -176,6 +185,19 @@ def _objective(study: optuna.Study, base: Config, space: SearchSpace, bundle: Da
         return float(metrics.balanced_error)
 
     return objective
+
+
+def _proxy_stage2(trainer: Trainer, val: Split) -> dict[str, Any]:
+    """A proxy trial's stage 2, what the refined run does after its loop: the exact search of α on the frozen
+    features against ``val`` (``search``, as :meth:`~ab_plugin.search.AutoBalance.fit` runs it), or the recipe
+    that re-trains the classifier (``crt``, ``wb``: the retrain's stage 2, here on the proxy's backbone).
+    Returns what it did (``recipe``, ``seconds``...), which the trial keeps."""
+    from ..objectives import create_objective
+    from ..stage2 import apply_recipe, exact_search
+
+    if trainer.cfg.stage2 == "search":
+        return exact_search(trainer, val, create_objective(trainer.cfg.objective))[1]
+    return apply_recipe(trainer, trainer.cfg.stage2)
 
 
 def _claimed_before(study: optuna.Study, number: int) -> int:
@@ -194,7 +216,7 @@ def _join_study(storage: BaseStorage, name: str, base: Config, space: SearchSpac
     settings = _settings(base, space, trial_epochs)
     if created:
         study.set_user_attr(ATTR_SETTINGS, settings)
-        for params in space.known_good(base)[:n_trials]:
+        for params in space.known_good(base, trial_epochs)[:n_trials]:
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:
         _check_settings(study, settings)

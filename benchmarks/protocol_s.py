@@ -38,6 +38,10 @@ ROWS: dict[str, tuple[str | None, dict[str, Any]]] = {
     # learned per-class augmentation (PDA): A's hypergradient from the head only, or plus the backbone term
     "head-pda": ("head", {"interval": 5, "augment": "learned", "augment_hypergrad": "head"}),
     "head-pda-backbone": ("head", {"interval": 5, "augment": "learned", "augment_hypergrad": "backbone"}),
+    # the augmentation bank: the newest batch at all 6 strengths per hyper-step (no graph), or plus the backbone
+    # term through all of them
+    "head-bank": ("head", {"interval": 5, "augment": "bank", "augment_hypergrad": "head"}),
+    "head-bank-backbone": ("head", {"interval": 5, "augment": "bank", "augment_hypergrad": "backbone"}),
     "cg": ("cg", {"interval": 20, "engine_options": {"iters": 5}}),
     "neumann": ("neumann", {"interval": 20, "engine_options": {"terms": 5, "step": 0.1}}),
     "unrolled": ("unrolled", {"interval": 20, "engine_options": {"steps": 1}}),

@@ -364,7 +364,7 @@ def augmentation_movement(results: dict[str, RunResult]) -> dict[str, Any] | Non
 
     s = results.get("search")
     if (s is None or s.augmentation is None or s.config.get("augment") not in LEARNED_KINDS
-            or s.augmentation.get("kind", "ops") != "ops"):  # a bank's movement is its mean strength per epoch
+            or s.augmentation["kind"] != "ops"):  # a bank's movement is its mean strength per epoch
         return None
     return policy_movement(s.augmentation, s.config["augment_init_probability"], s.config["augment_init_magnitude"])
 

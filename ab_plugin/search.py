@@ -62,7 +62,12 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        r = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        if r.augmentation is not None and "kind" not in r.augmentation:
+            # a stage that finished before augmentation kinds (policy file format 1) learned an ops policy: a
+            # resumed run writes it into a format-2 policy.json, which needs the kind
+            r.augmentation = {"kind": "ops", **r.augmentation}
+        return r
 
     def to_policy(self) -> PolicyFile:
         """α and the per-class augmentation as a :class:`~ab_plugin.policies.PolicyFile` (with provenance)."""

@@ -10,9 +10,10 @@
   learned through the expected training loss (PDA whose hypergradient the head engine takes exactly).
 - :class:`PolicyFile`, :func:`save_policy`, :func:`load_policy` (:class:`PolicyFileError`): versioned JSON
   export / import (data only, format :data:`FORMAT_VERSION`); :func:`policy_from_module` /
-  :func:`policy_to_module` convert between a :class:`ClassPolicy` and the file's ``augmentation`` entry.
-- :class:`PerClassTransform`, :class:`PerClassTransformV2`: apply an exported policy to tensor batches or
-  in a torchvision v2 pipeline.
+  :func:`policy_to_module` convert between a :class:`ClassPolicy` or :class:`BankPolicy` and the file's
+  ``augmentation`` entry (kind ``ops`` or ``bank``).
+- :class:`PerClassTransform`, :class:`PerClassTransformV2`: apply an exported policy of either kind to tensor
+  batches or in a torchvision v2 pipeline.
 - :func:`list_zoo`: exported policies shipped in ``policies/zoo``.
 - :func:`policy_movement`: how far a searched policy moved from its start, per class and op.
 """

@@ -242,8 +242,8 @@ class BankPolicy(CudaPolicy):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, strengths={list(self.strengths)}, ops={list(self.ops)}, "
-                f"basis_rank={self.mixture_logit.shape[0]}, learnable={self.learnable}, "
-                f"following={bool(self.following)}")
+                f"max_d={self.max_d:g}, basis_rank={self.mixture_logit.shape[0]}, learnable={self.learnable}, "
+                f"crop_flip={self.crop_flip}, following={bool(self.following)}")
 
 
 MEAN_STRENGTH_KEY = "augmentation_mean_strength"

@@ -130,14 +130,13 @@ def _as_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _float_list(source: str, where: str, v: Any, c: int) -> list[float]:
+def _float_list(source: str, where: str, v: Any, c: int, unit: str = "classes") -> list[float]:
+    """``v`` as ``c`` finite floats, one per class (or per ``unit``: a bank's mixture row has one per strength)."""
     if not isinstance(v, list):
         raise _err(source, f"{where} must be a list of {c} numbers, got {type(v).__name__}")
     if len(v) != c:
-        raise _err(
-            source,
-            f"{where} has {len(v)} values but the file lists {c} classes (class-count mismatch)",
-        )
+        mismatch = " (class-count mismatch)" if unit == "classes" else ""
+        raise _err(source, f"{where} has {len(v)} values but the file lists {c} {unit}{mismatch}")
     out: list[float] = []
     for i, item in enumerate(v):
         f = _as_float(item)
@@ -246,7 +245,8 @@ def _validate_bank(source: str, aug: dict[str, Any], c: int) -> dict[str, Any]:
     if not isinstance(rows, list) or len(rows) != c:
         raise _err(source, f"augmentation.per_class.mixture must hold {c} rows (one per class)")
     k = len(strengths)
-    mixture = [_float_list(source, f"augmentation.per_class.mixture[{i}]", row, k) for i, row in enumerate(rows)]
+    mixture = [_float_list(source, f"augmentation.per_class.mixture[{i}]", row, k, "strengths")
+               for i, row in enumerate(rows)]
     for i, row in enumerate(mixture):
         if min(row) < 0 or abs(sum(row) - 1.0) > 1e-4:
             raise _err(source, f"augmentation.per_class.mixture[{i}] must be non-negative weights summing to 1")
@@ -432,7 +432,7 @@ def augmentation_to_module(aug: dict[str, Any], num_classes: int, *, learnable: 
     Raises:
         PolicyFileError: the section does not fit its kind's module.
     """
-    kind = aug.get("kind", "ops")  # a run's result.json from before kinds holds an ops policy
+    kind = aug["kind"]
     try:
         if kind == "bank":
             module = BankPolicy(num_classes, strengths=aug["strengths"], ops=aug["ops"], max_d=aug["max_d"],

@@ -12,7 +12,7 @@ def policy_movement(augmentation: Mapping[str, Any], init_probability: float, in
     """Signed change of every per-class probability and magnitude from the search's start values.
 
     Args:
-        augmentation: a policy file's ``augmentation`` section (``ops`` and ``per_class``
+        augmentation: a policy file's ``augmentation`` section of kind ``ops`` (``ops`` and ``per_class``
             ``{op: {"probability": [C], "magnitude": [C]}}``, fractions in ``[0, 1]``).
         init_probability: probability every op started from (fraction).
         init_magnitude: magnitude every op started from (fraction of the op's range).
@@ -21,7 +21,13 @@ def policy_movement(augmentation: Mapping[str, Any], init_probability: float, in
         ``{"start": {"probability", "magnitude"}, "per_class": {op: {key: [C] final - start}},
         "mean_abs": {op: {key: mean over classes of |change|}}, "class_mean_abs": [C] mean |change| over
         ops and keys, "max_abs": largest |change|}``; all plain floats (JSON).
+
+    Raises:
+        ValueError: a ``bank`` section (it has no per-op values; a bank's run records its expected strength per
+            class after every epoch instead, ``augmentation_mean_strength`` in ``metrics.jsonl``).
     """
+    if augmentation["kind"] != "ops":
+        raise ValueError(f"policy_movement measures an ops policy, not a {augmentation['kind']!r} one")
     start = {"probability": float(init_probability), "magnitude": float(init_magnitude)}
     per_class: dict[str, dict[str, list[float]]] = {}
     for op in augmentation["ops"]:

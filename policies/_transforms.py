@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -14,32 +15,36 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 
+from ._bank import BankPolicy
 from ._file import PolicyFile, PolicyFileError, load_policy, policy_to_module
 from ._policy import ClassPolicy
 
 __all__ = ["PerClassTransform", "PerClassTransformV2"]
 
-PolicySource = PolicyFile | ClassPolicy | str | os.PathLike
+PolicyModule = ClassPolicy | BankPolicy
+"""The modules a policy file's augmentation loads as: kind ``ops`` and kind ``bank``."""
+PolicySource = PolicyFile | PolicyModule | str | os.PathLike
 
 
-def _as_module(policy: Any, crop_flip: bool | None = None) -> ClassPolicy:
+def _as_module(policy: Any, crop_flip: bool | None = None) -> PolicyModule:
     module = _load_module(policy)
     if crop_flip is None or bool(crop_flip) == module.crop_flip:
         return module
     import copy
 
     module = copy.deepcopy(module) if module is policy else module  # never change the caller's live module
-    module.crop_flip = bool(crop_flip)
+    module.crop_flip = bool(crop_flip)  # both kinds read it on every call
     return module
 
 
-def _load_module(policy: Any) -> ClassPolicy:
-    if isinstance(policy, ClassPolicy):
+def _load_module(policy: Any) -> PolicyModule:
+    if isinstance(policy, PolicyModule):
         return policy
     if isinstance(policy, (str, os.PathLike)):
         policy = load_policy(policy)
     if not isinstance(policy, PolicyFile):
-        raise TypeError(f"expected a PolicyFile, ClassPolicy, path or zoo name, got {type(policy).__name__}")
+        raise TypeError(
+            f"expected a PolicyFile, ClassPolicy, BankPolicy, path or zoo name, got {type(policy).__name__}")
     module = policy_to_module(policy)
     if module is None:
         raise PolicyFileError(
@@ -49,11 +54,21 @@ def _load_module(policy: Any) -> ClassPolicy:
     return module
 
 
+def _device_of(module: PolicyModule) -> torch.device:
+    """The device of a policy module's tensors (both kinds hold at least their logits)."""
+    return next(itertools.chain(module.parameters(), module.buffers())).device
+
+
 class PerClassTransform:
     """Non-differentiable batched per-class augmentation: ``transform(x, y) -> x``.
 
     Draws fresh random parameters on every call and runs under ``torch.no_grad``. Works on any device:
     the policy is copied once to each new device it meets (a snapshot when a live module is given).
+
+    Either kind of policy: ``ops`` (a :class:`ClassPolicy`) applies each of its class's ops with the class's
+    probability and magnitude; ``bank`` (a :class:`~ab_plugin.policies.BankPolicy`) draws each image's strength
+    ``s`` from its class's mixture over the bank and applies ``s`` ops at magnitude ``s / max_d`` (strength 0:
+    no op).
 
     When the policy says ``crop_flip: true`` (what a search with the default augmentation exports), each image
     first gets the search's random crop (zero-padded by ``padding`` pixels, 4 by default, then cropped back)
@@ -61,7 +76,8 @@ class PerClassTransform:
     rest of the pipeline.
 
     Args:
-        policy: a :class:`PolicyFile`, a :class:`ClassPolicy`, a path to a policy file or a zoo name.
+        policy: a :class:`PolicyFile`, a :class:`ClassPolicy` or :class:`~ab_plugin.policies.BankPolicy`, a path
+            to a policy file or a zoo name.
         crop_flip: ``None``: as the policy says; ``True`` / ``False``: do / skip the built-in crop + flip.
 
     Call:
@@ -72,7 +88,7 @@ class PerClassTransform:
 
     def __init__(self, policy: PolicySource, *, crop_flip: bool | None = None) -> None:
         self.policy = _as_module(policy, crop_flip)
-        self._by_device: dict[torch.device, ClassPolicy] = {}
+        self._by_device: dict[torch.device, PolicyModule] = {}
 
     @property
     def num_classes(self) -> int:
@@ -84,8 +100,8 @@ class PerClassTransform:
         """Whether the transform does the random crop + horizontal flip itself (before the per-class ops)."""
         return self.policy.crop_flip
 
-    def _module_for(self, device: torch.device) -> ClassPolicy:
-        own = self.policy.probability_logit.device
+    def _module_for(self, device: torch.device) -> PolicyModule:
+        own = _device_of(self.policy)
         if device == own or (device.type == own.type and device.index is None):
             return self.policy
         if device not in self._by_device:
@@ -157,7 +173,8 @@ class PerClassTransformV2(Transform):
     be cropped and flipped twice), or pass ``crop_flip=False`` to keep your own; :attr:`crop_flip` says which.
 
     Args:
-        policy: a :class:`PolicyFile`, a :class:`ClassPolicy`, a path to a policy file or a zoo name.
+        policy: a :class:`PolicyFile` (kind ``ops`` or ``bank``), a :class:`ClassPolicy` or
+            :class:`~ab_plugin.policies.BankPolicy`, a path to a policy file or a zoo name.
         crop_flip: ``None``: as the policy says; ``True`` / ``False``: do / skip the built-in crop + flip.
     """
 

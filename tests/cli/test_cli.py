@@ -47,7 +47,7 @@ def test_export_show_and_evaluate(search_run, tmp_path):
     pf = tmp_path / "p.json"
     _run(["export", str(out), "-o", str(pf)])
     data = json.loads(pf.read_text())
-    assert data["version"] == 1 and len(data["classes"]) == 10
+    assert data["version"] == 2 and len(data["classes"]) == 10
     prov = data["provenance"]
     assert prov["sharing"] == "poly:3" and prov["augment"] in ("fixed", "learned", "none") and "n_max" in prov
     res = _run(["show", str(pf), "--format", "json"])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from ab_plugin.policies import (
     FORMAT_VERSION,
     OPS,
+    BankPolicy,
     ClassPolicy,
     PolicyFile,
     PolicyFileError,
@@ -29,7 +30,7 @@ from ab_plugin.policies import (
 from ab_plugin.policies._file import check_num_classes, make_provenance, parse_policy, policy_from_dict
 
 
-def _policy_file(c: int = 3, *, module: ClassPolicy | None = None) -> PolicyFile:
+def _policy_file(c: int = 3, *, module: ClassPolicy | BankPolicy | None = None) -> PolicyFile:
     if module is None:
         module = ClassPolicy(c, ("rotate", "brightness", "flip", "cutout"))
     return PolicyFile(
@@ -98,7 +99,7 @@ def _text(pf: PolicyFile) -> str:
 @pytest.mark.parametrize(
     "mutate, pattern",
     [
-        (lambda d: d.update(version=7), r"has version 7; this ab-plugin reads version 1: re-export it with"),
+        (lambda d: d.update(version=7), r"has version 7; this ab-plugin reads versions 1 and 2: re-export it with"),
         (lambda d: d.pop("version"), r"has no version"),
         (lambda d: d["loss"]["logit_bias"].append(0.0), r"loss.logit_bias has 4 values .* 3 classes"),
         (lambda d: d["class_counts"].pop(), r"class_counts has 2 entries .*class-count mismatch"),
@@ -173,6 +174,116 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
         load_policy("nope", zoo_dir=tmp_path)
 
 
+# ------------------------------------------------------------------------------ kinds and versions (issue 24.5)
+def _bank_module(c: int = 3) -> BankPolicy:
+    module = BankPolicy(c, strengths=(0, 3, 5, 9), ops=("rotate", "brightness", "cutout"), max_d=20.0,
+                        crop_flip=False)
+    with torch.no_grad():
+        module.mixture_logit.copy_(torch.randn(module.mixture_logit.shape, generator=torch.Generator().manual_seed(0)))
+    return module
+
+
+def test_bank_module_file_module_round_trip(tmp_path: Path) -> None:
+    module = _bank_module(4)
+    pf = _policy_file(4, module=module)
+    save_policy(tmp_path / "bank.json", pf)
+    assert json.loads((tmp_path / "bank.json").read_text())["augmentation"]["kind"] == "bank"
+    back = load_policy(tmp_path / "bank.json")
+    assert back == pf
+    again = policy_to_module(back)
+    assert isinstance(again, BankPolicy) and not again.hparameters()
+    torch.testing.assert_close(again.mixture, module.mixture.detach(), atol=1e-6, rtol=0.0)
+    assert (again.strengths, again.ops, again.max_d, again.crop_flip) == ((0, 3, 5, 9), module.ops, 20.0, False)
+    assert {k: v for k, v in policy_from_module(again).items() if k != "per_class"} == {
+        k: v for k, v in pf.augmentation.items() if k != "per_class"}
+
+
+def _version_1(c: int = 2) -> dict[str, Any]:
+    """A policy document as ab-plugin wrote it before augmentation kinds."""
+    return {
+        "version": 1,
+        "classes": [f"c{i}" for i in range(c)],
+        "class_counts": [100, 10][:c],
+        "loss": {"class_weight": [1.0] * c, "logit_bias": [0.5, -0.5][:c], "logit_scale": [1.0, 0.8][:c]},
+        "augmentation": {"ops": ["rotate", "flip"], "crop_flip": True,
+                         "per_class": {"rotate": {"probability": [0.25, 0.75][:c], "magnitude": [0.5, 0.125][:c]},
+                                       "flip": {"probability": [0.5, 0.0][:c]}}},
+        "provenance": {"dataset": "old"},
+    }
+
+
+def test_version_1_file_loads_as_kind_ops_and_saves_as_version_2(tmp_path: Path) -> None:
+    old = _version_1()
+    pf = load_policy(_write(tmp_path, json.dumps(old)))
+    assert pf.version == FORMAT_VERSION == 2
+    assert pf.augmentation == {"kind": "ops", **old["augmentation"]}
+    assert (pf.classes, pf.class_counts, pf.loss) == (old["classes"], old["class_counts"], old["loss"])
+    assert isinstance(policy_to_module(pf), ClassPolicy)
+    save_policy(tmp_path / "new.json", pf)
+    written = json.loads((tmp_path / "new.json").read_text())
+    assert written["version"] == 2 and written["augmentation"]["kind"] == "ops"
+    assert load_policy(tmp_path / "new.json") == pf
+    old["augmentation"]["kind"] = "ops"  # a version-1 file has no kinds
+    with pytest.raises(PolicyFileError, match=r"augmentation has unknown key\(s\) \['kind'\]"):
+        load_policy(_write(tmp_path, json.dumps(old)))
+
+
+@pytest.mark.parametrize("version", [3, None])
+def test_other_versions_fail_with_one_line_saying_to_re_export(tmp_path: Path, version: int | None) -> None:
+    d = _policy_file(2).to_dict()
+    if version is None:
+        del d["version"]
+    else:
+        d["version"] = version
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(PolicyFileError, match="re-export") as info:
+        load_policy(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "versions 1 and 2" in msg
+
+
+def _set_row(i: int, row: list[float]) -> Any:
+    return lambda a: a["per_class"]["mixture"].__setitem__(i, row)
+
+
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (_set_row(0, [0.5, 0.2, 0.2, 0.0]), r"mixture\[0\] must be non-negative weights summing to 1"),
+        (_set_row(1, [1.2, -0.2, 0.0, 0.0]), r"mixture\[1\] must be non-negative weights summing to 1"),
+        (_set_row(2, [0.5, 0.5, 0.0]), r"mixture\[2\] has 3 values but the file lists 4 strengths"),
+        (lambda a: a["per_class"]["mixture"].pop(), r"mixture must hold 3 rows \(one per class\)"),
+        (lambda a: a.update(strengths=[1, 3, 5, 9]), r"strengths must be increasing whole numbers starting at 0"),
+        (lambda a: a.update(strengths=[0, 5, 3, 9]), r"strengths must be increasing whole numbers starting at 0"),
+        (lambda a: a.update(strengths=[0, 3, 3, 9]), r"strengths must be increasing whole numbers starting at 0"),
+        (lambda a: a.update(strengths=[0, 3.0, 5, 9]), r"strengths must be increasing whole numbers starting at 0"),
+        (lambda a: a["ops"].append("flip"), r"ops of a bank must be ops with a magnitude \(flip has none\)"),
+        (lambda a: a.update(max_d=0), r"max_d must be a number > 0"),
+        (lambda a: a.update(kind="curriculum"), r"kind is 'curriculum' but must be one of \['ops', 'bank'\]"),
+        (lambda a: a.pop("kind"), r"augmentation.kind is None but must be one of"),
+        (lambda a: a.pop("max_d"), r"augmentation is missing key\(s\) \['max_d'\]"),
+    ],
+)
+def test_invalid_bank_sections_are_rejected(tmp_path: Path, mutate: Any, pattern: str) -> None:
+    d = _policy_file(3, module=_bank_module(3)).to_dict()
+    mutate(d["augmentation"])
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(PolicyFileError, match=pattern) as info:
+        load_policy(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_run_stage_finished_before_kinds_still_writes_a_policy() -> None:
+    from ab_plugin.search import RunResult
+
+    old = _version_1()
+    stage = RunResult.from_dict({"kind": "search", "method": "autobalance", "classes": old["classes"],
+                                 "class_counts": old["class_counts"], "alpha": old["loss"],
+                                 "augmentation": old["augmentation"], "config": {}})
+    assert stage.augmentation == {"kind": "ops", **old["augmentation"]}
+    assert policy_from_dict(stage.to_policy().to_dict()).augmentation == stage.augmentation
+
+
 # ------------------------------------------------------------------------------ zoo
 def test_empty_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert list_zoo(tmp_path) == []
@@ -214,19 +325,38 @@ json_value = st.recursive(
 
 
 @st.composite
+def ops_sections(draw: st.DrawFn, c: int) -> dict[str, Any]:
+    ops = draw(st.lists(st.sampled_from(sorted(OPS)), unique=True, max_size=len(OPS)))
+    per_class = {}
+    for op in ops:
+        entry = {"probability": draw(st.lists(fraction, min_size=c, max_size=c))}
+        if OPS[op].has_magnitude:
+            entry["magnitude"] = draw(st.lists(fraction, min_size=c, max_size=c))
+        per_class[op] = entry
+    return {"kind": "ops", "ops": ops, "per_class": per_class, "crop_flip": draw(st.booleans())}
+
+
+@st.composite
+def bank_sections(draw: st.DrawFn, c: int) -> dict[str, Any]:
+    strengths = [0, *sorted(draw(st.sets(st.integers(1, 30), min_size=1, max_size=6)))]
+    rows = []
+    for _ in range(c):
+        w = draw(st.lists(st.floats(0.0, 1.0), min_size=len(strengths), max_size=len(strengths)))
+        total = sum(w)
+        rows.append([v / total for v in w] if total > 0 else [1.0] + [0.0] * (len(strengths) - 1))
+    return {"kind": "bank", "ops": draw(st.lists(st.sampled_from(_MAGNITUDE_OPS), unique=True, min_size=1)),
+            "strengths": strengths, "max_d": draw(st.floats(0.5, 100.0)), "per_class": {"mixture": rows},
+            "crop_flip": draw(st.booleans())}
+
+
+_MAGNITUDE_OPS = sorted(op for op in OPS if OPS[op].has_magnitude)
+
+
+@st.composite
 def valid_policy_dicts(draw: st.DrawFn) -> dict[str, Any]:
     c = draw(st.integers(1, 6))
     classes = draw(st.lists(st.text(min_size=1, max_size=8), min_size=c, max_size=c, unique=True))
-    aug = None
-    if draw(st.booleans()):
-        ops = draw(st.lists(st.sampled_from(sorted(OPS)), unique=True, max_size=len(OPS)))
-        per_class = {}
-        for op in ops:
-            entry = {"probability": draw(st.lists(fraction, min_size=c, max_size=c))}
-            if OPS[op].has_magnitude:
-                entry["magnitude"] = draw(st.lists(fraction, min_size=c, max_size=c))
-            per_class[op] = entry
-        aug = {"ops": ops, "per_class": per_class, "crop_flip": draw(st.booleans())}
+    aug = draw(st.none() | ops_sections(c) | bank_sections(c))
     return {
         "version": FORMAT_VERSION,
         "classes": classes,

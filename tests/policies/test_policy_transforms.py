@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -15,6 +17,7 @@ from torchvision.transforms import v2
 from ab_plugin.policies import (
     FORMAT_VERSION,
     OPS,
+    BankPolicy,
     ClassPolicy,
     PerClassTransform,
     PerClassTransformV2,
@@ -34,7 +37,7 @@ def _module(p: list[float], m: list[float], ops: tuple[str, ...] = ("brightness"
     return module
 
 
-def _file(module: ClassPolicy) -> PolicyFile:
+def _file(module: ClassPolicy | BankPolicy) -> PolicyFile:
     c = module.num_classes
     return PolicyFile(
         version=FORMAT_VERSION,
@@ -183,3 +186,82 @@ def test_sample_transform_dataset_exposes_the_wrapped_labels(tmp_path: Path) -> 
     assert wrapped.classes == ["a", "b"] and wrapped.class_to_idx == {"a": 0, "b": 1}
     with pytest.raises(AttributeError):
         _ = SampleTransformDataset(list(zip(range(3), range(3), strict=True))).targets
+
+
+# issue 24.5: an exported bank runs through both transforms, and `ab-plugin show` draws it ----------------------
+def _bank(mixture: list[list[float]], crop_flip: bool = False, strengths: tuple[int, ...] = (0, 2, 4, 6, 8, 10)
+          ) -> BankPolicy:
+    module = BankPolicy(len(mixture), strengths=strengths, learnable=False, crop_flip=crop_flip)
+    module.load_mixture(mixture)
+    return module
+
+
+# class 0: all its mass on strength 0 (no op); class 1: on the top strength (10 ops at magnitude 1/3)
+BANK = _file(_bank([[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]]))
+
+
+def test_bank_file_through_per_class_transform(tmp_path: Path) -> None:
+    save_policy(tmp_path / "bank.json", BANK)
+    t = PerClassTransform(tmp_path / "bank.json")
+    assert isinstance(t.policy, BankPolicy) and not t.crop_flip and "strengths=[0, 2, 4, 6, 8, 10]" in repr(t)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1] * 4)
+    for xin in (x, x.float() / 255, x.double() / 255):
+        out = t(xin, y)
+        assert out.dtype == xin.dtype and out.shape == xin.shape
+        assert torch.equal(out[y == 0], xin[y == 0])
+        assert all(not torch.equal(out[i], xin[i]) for i in range(8) if y[i] == 1)
+    assert torch.equal(t(x[0], 0), x[0]) and t(x[1], 1).shape == (3, 16, 16)
+
+
+def test_bank_file_through_per_class_transform_v2() -> None:
+    t = PerClassTransformV2(BANK)
+    assert not t.crop_flip and "strengths=" in repr(t)
+    torch.manual_seed(0)
+    arr = torch.randint(0, 256, (12, 14, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)).numpy()
+    pil, chw = PIL.Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1)
+    for label, same in ((0, True), (1, False)):
+        img, lab = t((pil, label))
+        assert lab == label and isinstance(img, PIL.Image.Image) and img.size == pil.size
+        assert np.array_equal(np.asarray(img), arr) == same
+        img, _ = t((tv_tensors.Image(chw), label))
+        assert isinstance(img, tv_tensors.Image) and img.dtype == torch.uint8 and torch.equal(img, chw) == same
+        img, _ = t((chw.float() / 255, torch.tensor(label)))
+        assert img.dtype == torch.float32 and img.shape == (3, 12, 14) and torch.equal(img, chw.float() / 255) == same
+
+
+def test_bank_crop_flip_can_be_switched_either_way() -> None:
+    live = _bank([[1.0, 0, 0, 0, 0, 0]] * 2, crop_flip=True)  # strength 0 only: nothing but the crop + flip
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1] * 16)
+    torch.manual_seed(0)
+    assert PerClassTransform(_file(live)).crop_flip and not torch.equal(PerClassTransform(_file(live))(x, y), x)
+    off = PerClassTransform(live, crop_flip=False)
+    assert not off.crop_flip and live.crop_flip  # the caller's module is kept
+    assert torch.equal(off(x, y), x)
+    assert PerClassTransformV2(_file(_bank([[1.0, 0, 0, 0, 0, 0]])), crop_flip=True).crop_flip
+
+
+def test_bank_table_heatmap_and_show(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ab_plugin.cli import main
+
+    pf = _file(_bank([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]], strengths=(0, 5, 10)))
+    console = Console(record=True, width=200)
+    console.print(policy_table(pf))
+    text = console.export_text()
+    for s in ("s=0", "s=5", "s=10", "E[s]", "0.50", "0.25", "3.75", "10.00", "magnitude k/30"):
+        assert s in text, s
+    assert "p/m" not in text
+    save_policy(tmp_path / "bank.json", pf)
+    res = CliRunner().invoke(main, ["show", str(tmp_path / "bank.json")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for s in ("s=0", "s=5", "s=10", "E[s]", "3.75", "heat map:"):
+        assert s in res.output, s
+    assert (tmp_path / "bank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = CliRunner().invoke(main, ["show", str(tmp_path / "bank.json"), "--heatmap", str(tmp_path / "h.png"),
+                                    "--format", "json"], catch_exceptions=False)
+    assert json.loads(res.stdout)["augmentation"]["strengths"] == [0, 5, 10]
+    assert (tmp_path / "h.png").stat().st_size > 0

@@ -39,7 +39,7 @@ Batch = tuple[Tensor, ...]
 Draws = dict[str, Tensor]
 #: ``(logits [B, C], y [B], groups [B] | None) -> scalar``
 Objective = Callable[..., Tensor]
-AUGMENT_HYPERGRADS = ("head", "backbone")
+AUGMENT_HYPERGRADS = ("auto", "head", "backbone")
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,9 @@ class Bilevel:
         weight_decay: the L2 coefficient of the inner problem (the lower optimizer's).
         upper: keyword options of the :class:`~ab_plugin.upper.UpperLevel` (optimizer, lr, clip, ...).
         augment_hypergrad: ``head`` (A's hypergradient from the classifier's refit only) or ``backbone`` (plus
-            the backbone's response to A, :func:`~ab_plugin.hypergrad.backbone_policy_grad`; ``head`` engine).
+            the backbone's response to A, :func:`~ab_plugin.hypergrad.backbone_policy_grad`; ``head`` engine);
+            ``auto``: ``backbone``, but ``head`` for a bank, whose backbone term costs a double backward through
+            every strength of the bank and moved its estimate little (``benchmarks/RESULTS.md``).
         augment_entropy: weight of the policy's gate-entropy bonus on the upper objective.
         val_max_age, val_max_uses: when the ``head`` engine's validation features are recomputed: once older
             than this many lower steps, or after this many hyper-steps used them (``None``: no such bound).
@@ -195,7 +197,10 @@ class Bilevel:
         learned = tuple(policy.hparameters()) if policy is not None and hasattr(policy, "hparameters") else ()
         self.hparams = Hyperparameters(tuple(loss.hparameters()), learned)
         self.weight_decay = float(weight_decay)
-        self.augment_hypergrad, self.augment_entropy = augment_hypergrad, float(augment_entropy)
+        self.augment_entropy = float(augment_entropy)
+        if augment_hypergrad == "auto":
+            augment_hypergrad = "head" if self._bank else "backbone"
+        self.augment_hypergrad = augment_hypergrad
         self.upper = UpperLevel(self.hparams.all, **dict(upper or {}))
         self._buffer: deque[_Entry] = deque(maxlen=int(hyper_batches))
         self._val = _ValFeatures(val_max_age, val_max_uses)

@@ -123,10 +123,10 @@ class Config:
         "generic / learned: strength (0, 1) each op starts with (weak); the upper level grows it"))
     augment_entropy: float = _opt(0.0, group="augment", range=(0.0, math.inf), help=(
         "generic / learned: weight (>= 0) of the gate-entropy bonus on the upper objective"))
-    augment_hypergrad: str = _opt("backbone", group="augment", help=(
-        "generic / learned with the head engine: A's hypergradient from the classifier's refit only (head), "
+    augment_hypergrad: str = _opt("auto", group="augment", help=(
+        "generic / learned / bank with the head engine: A's hypergradient from the classifier's refit only (head), "
         "or plus the backbone's response to A, its inverse curvature taken as lr x interval (backbone: about "
-        "3 steps per hyper-step)"))
+        "3 steps per hyper-step, 6 times that for a bank); auto: backbone, but head for a bank"))
     # training recipe (Bag of Tricks, Zhang et al. 2021): for baselines, the search and the retrain alike
     mixup: float = _opt(0.0, group="recipe", range=(0.0, math.inf), help=(
         "mixup α >= 0 (0: off): each batch blends its augmented images with a shuffled copy by λ ~ Beta(α, α) "
@@ -316,8 +316,8 @@ class Config:
             v = getattr(self, name)
             need(0 < v < 1, f"--{name.replace('_', '-')} must be in the open interval (0, 1), got {v}")
         need(self.augment_entropy >= 0, f"--augment-entropy must be >= 0, got {self.augment_entropy}")
-        need(self.augment_hypergrad in ("head", "backbone"),
-             f"--augment-hypergrad must be head or backbone, got {self.augment_hypergrad!r}")
+        need(self.augment_hypergrad in ("auto", "head", "backbone"),
+             f"--augment-hypergrad must be auto, head or backbone, got {self.augment_hypergrad!r}")
         need(self.upper_optimizer in ("adam", "sgd"),
              f"--upper-optimizer must be adam or sgd, got {self.upper_optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

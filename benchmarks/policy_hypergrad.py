@@ -151,7 +151,7 @@ def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -
     policy = trainer.policy
     bank = hasattr(policy, "bank_draws")
     newest = core._buffer[-1]
-    trained_draws = newest.draws
+    trained_draws, own = newest.draws, core.augment_hypergrad
     with torch.random.fork_rng(devices=[]):
         try:
             for e in range(args.estimate_draws):
@@ -189,7 +189,7 @@ def measure(trainer, recorder: Recorder, args: argparse.Namespace, index: int) -
                 clocks["reference"].append(c)
                 ref.append([g.detach() for g in grads[n_loss:]])
         finally:
-            core.augment_hypergrad = cfg0.augment_hypergrad
+            core.augment_hypergrad = own
             newest.draws = trained_draws
     after = snapshot(trainer)
     if len(after) != len(before) or not all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):

@@ -154,9 +154,10 @@ class AutoBalanceCriterion(nn.Module):
             only); the loop augments each training batch with :meth:`augment` before its forward.
         pixel_mean, pixel_std: the per-channel normalisation of the training batches (the policy works on
             ``[0, 1]`` images); ``None``: the batches are in ``[0, 1]``.
-        augment_hypergrad: with a policy, ``backbone`` (the default, as the CLI's search) adds the backbone's
-            response to A to its hypergradient (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, about 4 training
-            steps of extra work per hyper-step; needs ``attach(..., optimizer=opt)``); ``head`` leaves it out.
+        augment_hypergrad: with a policy, ``backbone`` adds the backbone's response to A to its hypergradient
+            (:func:`~ab_plugin.hypergrad.backbone_policy_grad`, about 4 training steps of extra work per hyper-step;
+            needs ``attach(..., optimizer=opt)``); ``head`` leaves it out; ``auto`` (the default, as the CLI's
+            search) is ``backbone`` for a :class:`~ab_plugin.policies.ClassPolicy`.
         augment_entropy: with a policy, weight of the gate-entropy bonus on the upper objective.
 
     Shapes: ``forward(logits [B, C], target [B] int or [B, C] float) -> scalar``.

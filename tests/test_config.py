@@ -23,7 +23,7 @@ def test_augmentation_defaults_keep_pda_off():
     ("augment_init_probability", 1.0, "--augment-init-probability must be in the open interval"),
     ("augment_init_magnitude", 0.0, "--augment-init-magnitude must be in the open interval"),
     ("augment_entropy", -0.1, "--augment-entropy must be >= 0"),
-    ("augment_hypergrad", "jvp", "--augment-hypergrad must be head or backbone"),
+    ("augment_hypergrad", "jvp", "--augment-hypergrad must be auto, head or backbone"),
 ])
 def test_bad_augmentation_keys_are_one_line_errors(key, value, pattern):
     with pytest.raises(ValueError, match=pattern):

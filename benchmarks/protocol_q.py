@@ -59,6 +59,10 @@ AUTOBALANCE = {
     # the default search while CUDA's curriculum drives the augmentation (issue 24's "CUDA + learned loss";
     # CUDA on a fixed loss is the baseline ``la@augment=cuda``)
     "ab-dl-la-cuda": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "cuda"},
+    # the augmentation bank (issue 24's new PDA), from near strength 0 or from CUDA's levels at the upper start
+    "ab-dl-bank": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "bank"},
+    "ab-dl-bank-warm": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "bank",
+                        "augment_warm_start": True},
 }
 METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 

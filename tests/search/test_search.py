@@ -47,10 +47,11 @@ def test_every_engine_moves_alpha(tiny_bundle, engine):
         assert not np.allclose(res.alpha[key], start[key]), key
 
 
-# learned: the replayed batch's draws are checkpointed; with mixup / CutMix the mix's draws too
+# learned: the replayed batch's draws are checkpointed; with mixup / CutMix the mix's draws too; bank: whether it
+# still follows CUDA's curriculum
 @pytest.mark.parametrize(("augment", "recipe"), [("none", {}), ("learned", {}),
                                                  ("learned", {"mixup": 1.0, "cutmix": 1.0, "drw_from": 0.5}),
-                                                 ("cuda", {})])
+                                                 ("cuda", {}), ("bank", {"augment_warm_start": True})])
 def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment, recipe):
     cfg = Config(**{**FAST, "epochs": 4, "upper_start": 0.25, "augment": augment, **recipe})
 
@@ -76,6 +77,8 @@ def test_resume_is_bit_for_bit(tiny_bundle, tmp_path, augment, recipe):
     assert resumed.alpha == full.alpha and resumed.augmentation == full.augmentation
     assert resumed.test_metrics == full.test_metrics
     assert [h.get(LEVELS_KEY) for h in resumed.history] == [h.get(LEVELS_KEY) for h in full.history]  # cuda
+    strength = "augmentation_mean_strength"  # bank: CUDA's levels until the upper phase, then the mixture
+    assert [h.get(strength) for h in resumed.history] == [h.get(strength) for h in full.history]
     assert (tmp_path / "b" / CHECKPOINT).exists() and (tmp_path / "b" / METRICS).exists()
 
 

@@ -304,6 +304,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     from .report import summary_table
     from .runs import load_bundle, read_run
     from .search import build_model
+    from .stage2 import load_stage2_classifier
     from .trainer import resolve_device
 
     run_p = Path(run)
@@ -321,6 +322,7 @@ def evaluate(run: str, stage: str | None, fmt: str) -> None:
     loss_name = stage.removeprefix("baseline-") if stage.startswith("baseline-") else "autobalance"
     model = build_model(cfg, bundle.train.num_classes, loss_name)
     model.load_state_dict(ck["model"])
+    load_stage2_classifier(model, run_p / stage)  # the checkpoint keeps stage 1; stage 2's classifier is beside it
     device = resolve_device(cfg.device)
     mean, std = normalization(cfg, model, bundle)
     m = evaluate_model(model.to(device), bundle.test, mean=mean, std=std, device=device,

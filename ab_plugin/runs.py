@@ -6,6 +6,7 @@ Layout of ``--out DIR``::
     search/             checkpoint.pt, metrics.jsonl, result.json   (bilevel search)
     retrain/            checkpoint.pt, metrics.jsonl, result.json   (α fixed, train + val)
     baseline-NAME/      checkpoint.pt, metrics.jsonl, result.json
+                        stage2.pt in any of them: a finished --stage2 (its classifier, α, what it chose)
     result.json         summary: α*, metrics (test balanced error under ``balanced_error``)
     policy.json         the exported policy file
     *.png               plots

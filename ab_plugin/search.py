@@ -31,7 +31,7 @@ from .policies import (
 )
 from .policies._file import LOSS_KEYS, augmentation_to_module, make_provenance
 from .policies._policy import LEARNED_KINDS
-from .stage2 import Features, apply_recipe, exact_search, get_recipe, linear_probe
+from .stage2 import Features, apply_recipe, exact_search, get_recipe, linear_probe, load_stage2, save_stage2
 from .trainer import CHECKPOINT, HyperSetup, Trainer
 
 
@@ -151,13 +151,19 @@ def _stage1(trainer: Trainer, resume: bool) -> Features | None:
 
 
 def _stage2(trainer: Trainer, test: Split | None, data: Split, val: Split | None = None,
-            features: Features | None = None) -> dict[str, Any]:
+            features: Features | None = None, resume: bool = False) -> dict[str, Any]:
     """``--stage2`` on the trained model; returns ``stage1_test_metrics`` and ``stage2`` for :func:`_finish`
-    (empty without a stage 2)."""
+    (empty without a stage 2). Saved in the run folder (:func:`~ab_plugin.stage2.save_stage2`); a resumed run
+    whose stage 2 finished loads it instead."""
     if trainer.cfg.stage2 == "none":
         return {}
+    done = load_stage2(trainer) if resume else None
+    if done is not None:
+        return done
     before = _metrics(trainer, test, data)
-    return {"stage1_test_metrics": before, "stage2": apply_recipe(trainer, trainer.cfg.stage2, val, features)}
+    result = {"stage1_test_metrics": before, "stage2": apply_recipe(trainer, trainer.cfg.stage2, val, features)}
+    save_stage2(trainer, result)
+    return result
 
 
 def _stage2_val(cfg: Config, bundle: DatasetBundle) -> tuple[Split, Split | None]:
@@ -251,16 +257,22 @@ class AutoBalance:
         trainer, val = self.build(bundle, run_dir, callbacks, model)
         method = f"autobalance-{self.cfg.init}"
         if self.cfg.stage2 == "search" or self.cfg.freeze_backbone:
-            before = {}
             if not self.cfg.freeze_backbone:
                 trainer.fit(resume=resume)
-                before = {"stage1_test_metrics": _metrics(trainer, bundle.test, bundle.train)}
-            trace, info = exact_search(trainer, val, create_objective(self.cfg.objective))
-            if self.cfg.freeze_backbone and trainer.run_dir is not None:
-                # no loop wrote one; a loop's checkpoint keeps stage 1 (and α's init) for --resume
-                trainer.save(trainer.run_dir / CHECKPOINT)
-            trainer.state.hyper_steps, trainer.state.skipped_hyper_steps = trace.hyper_steps, trace.skipped
-            return _finish(trainer, "search", method, bundle.train, bundle.test, val, stage2=info, **before)
+            done = load_stage2(trainer) if resume else None
+            if done is None:
+                before = {} if self.cfg.freeze_backbone else {
+                    "stage1_test_metrics": _metrics(trainer, bundle.test, bundle.train)}
+                trace, info = exact_search(trainer, val, create_objective(self.cfg.objective))
+                if self.cfg.freeze_backbone and trainer.run_dir is not None:
+                    # no loop wrote one; a loop's checkpoint keeps stage 1 (and α's init) for --resume
+                    trainer.save(trainer.run_dir / CHECKPOINT)
+                done = {"stage2": info, "hyper_steps": trace.hyper_steps, "skipped_hyper_steps": trace.skipped,
+                        **before}
+                save_stage2(trainer, done)
+            trainer.state.hyper_steps = done.pop("hyper_steps")
+            trainer.state.skipped_hyper_steps = done.pop("skipped_hyper_steps")
+            return _finish(trainer, "search", method, bundle.train, bundle.test, val, **done)
         trainer.fit(resume=resume)
         return _finish(trainer, "search", method, bundle.train, bundle.test, val)
 
@@ -315,7 +327,7 @@ def retrain(
     features = _stage1(trainer, resume)
     trainer.loss = loss.to(trainer.device)
     return _finish(trainer, "retrain", "autobalance", bundle.train, bundle.test,
-                   **_stage2(trainer, bundle.test, bundle.train, val, features))
+                   **_stage2(trainer, bundle.test, bundle.train, val, features, resume))
 
 
 def train_baseline(
@@ -338,4 +350,4 @@ def train_baseline(
                       run_dir=run_dir, callbacks=callbacks)
     features = _stage1(trainer, resume)
     return _finish(trainer, "baseline", name, bundle.train, bundle.test,
-                   **_stage2(trainer, bundle.test, bundle.train, val, features))
+                   **_stage2(trainer, bundle.test, bundle.train, val, features, resume))

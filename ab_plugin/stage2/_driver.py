@@ -5,17 +5,62 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..data import Split
+from ..distributed import barrier, is_rank_zero
+from ..io import load_checkpoint, save_checkpoint
+from ..models import split_model
 from ..trainer import CHECKPOINT, Trainer
 from ..upper import UpperLevel
 from ._classifier import fit_classifier
 from ._exact import SearchTrace, search_alpha
 from ._features import Features, features_of
 from ._recipes import Info, float64_copy, get_recipe, stage2_weight_decay
+
+#: a stage folder's finished stage 2, beside the checkpoint (which keeps stage 1 for a resumed loop)
+STAGE2_FILE = "stage2.pt"
+
+
+def save_stage2(trainer: Trainer, result: dict[str, Any]) -> None:
+    """Write the finished stage 2 into the trainer's run folder (if any), atomically: the classifier it left
+    (weight ``[C, D]``, bias ``[C]``: τ-normalised, MaxNorm-projected or solved, as the test metrics saw it), the
+    loss's state (the search's α*) and ``result`` (the :class:`~ab_plugin.search.RunResult` fields stage 2 set,
+    plain data)."""
+    if trainer.run_dir is None:
+        return
+    if is_rank_zero():
+        save_checkpoint(Path(trainer.run_dir) / STAGE2_FILE, {
+            "classifier": linear_classifier(trainer).state_dict(), "loss": trainer.loss.state_dict(),
+            "result": result})
+    barrier()
+
+
+def load_stage2(trainer: Trainer) -> dict[str, Any] | None:
+    """The ``result`` of a stage 2 that finished in the trainer's run folder, with its classifier and loss state
+    loaded into the trainer (so that a resumed run neither redoes it nor applies a recipe twice); ``None``
+    when it did not finish there."""
+    path = None if trainer.run_dir is None else Path(trainer.run_dir) / STAGE2_FILE
+    if path is None or not path.exists():
+        return None
+    saved = load_checkpoint(path, map_location=trainer.device)
+    linear_classifier(trainer).load_state_dict(saved["classifier"])
+    trainer.loss.load_state_dict(saved["loss"])
+    return saved["result"]
+
+
+def load_stage2_classifier(model: nn.Module, stage_dir: Path) -> bool:
+    """Load the classifier of the stage 2 that finished in ``stage_dir`` (if one did) into ``model``, whose
+    checkpoint holds stage 1; whether there was one."""
+    path = stage_dir / STAGE2_FILE
+    if not path.exists():
+        return False
+    split_model(model)[1].load_state_dict(load_checkpoint(path)["classifier"])
+    return True
 
 
 def linear_classifier(trainer: Trainer) -> nn.Linear:

@@ -88,3 +88,37 @@ def test_stage2_search_end_to_end_through_the_cli(tmp_path):
     history = json.loads((out / "search" / "result.json").read_text())["history"]
     assert alpha["logit_bias"] != pytest.approx(history[0]["alpha"]["logit_bias"])  # stage 1 kept α's init
     assert (out / "retrain" / "result.json").exists()
+
+
+# seeds whose 3-epoch stage 1 has learned enough that the recipe changes the test metrics (on seed 0 τ-norm
+# keeps τ = 0 and the same predictions)
+@pytest.mark.parametrize("recipe, seed", [("crt", "0"), ("tau-norm", "1")])
+def test_evaluate_and_resume_reproduce_a_stage2_run(tmp_path, recipe, seed):
+    out = tmp_path / "run"
+    code, stdout, err = cli("baseline", "ce", "--dataset", "digits-lt", "--backbone", "resnet20", "--epochs", "3",
+                            "--warmup-epochs", "0", "--batch-size", "32", "--device", "cpu", "--quiet", "--workers",
+                            "0", "--seed", seed, "--stage2", recipe, "--stage2-epochs", "2", "--format", "json",
+                            "--out", str(out))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    stage = json.loads((out / "baseline-ce" / "result.json").read_text())
+    # stage 2 changed the model: scoring the stage-1 checkpoint (as evaluate did) gives other metrics
+    assert stage["test_metrics"] != stage["stage1_test_metrics"]
+    code, stdout, err = cli("evaluate", str(out), "--format", "json")
+    assert code == 0, err
+    evaluated = json.loads(stdout)
+    assert evaluated["test_metrics"] == stage["test_metrics"]
+    assert evaluated["balanced_error"] == summary["balanced_error"] == stage["test_metrics"]["balanced_error"]
+    # killed after stage 2, before the results were written: --resume loads stage 2 (its measured seconds
+    # included) rather than re-running it on top of the classifier it left
+    for name in ("baseline-ce/result.json", "result.json", "policy.json"):
+        (out / name).unlink()
+    code, stdout, err = cli("baseline", "ce", "--resume", "--out", str(out), "--quiet", "--format", "json")
+    assert code == 0, err
+    again = json.loads((out / "baseline-ce" / "result.json").read_text())
+    assert again["stage2"] == stage["stage2"] and again["test_metrics"] == stage["test_metrics"]
+    assert again["stage1_test_metrics"] == stage["stage1_test_metrics"]
+    # resuming the finished run changes nothing
+    code, stdout, err = cli("baseline", "ce", "--resume", "--out", str(out), "--quiet", "--format", "json")
+    assert code == 0, err
+    assert json.loads(stdout)["balanced_error"] == summary["balanced_error"]

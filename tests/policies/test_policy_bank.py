@@ -111,7 +111,11 @@ def test_a_search_learns_the_mixture_and_the_retrain_trains_with_it(tiny_bundle)
     assert moved > 1e-3, moved  # the hypergradient reached the mixture
     assert all(MEAN_STRENGTH_KEY in h for h in search.history)
     result = retrain(search, tiny_bundle, Config(**FAST), model=TinyNet(4))
-    assert result.augmentation == aug  # the retrain's fixed policy is the searched one
+    # the retrain's fixed policy is the searched one (the mixture to float32 rounding of its logits)
+    got = result.augmentation
+    assert {k: v for k, v in got.items() if k != "per_class"} == {k: v for k, v in aug.items() if k != "per_class"}
+    torch.testing.assert_close(torch.tensor(got["per_class"]["mixture"]), torch.tensor(aug["per_class"]["mixture"]),
+                               atol=1e-6, rtol=0)
 
 
 def test_the_bank_is_refused_where_its_mixture_gets_no_hypergradient(tiny_bundle):

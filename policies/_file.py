@@ -184,7 +184,7 @@ def _validate_augmentation(source: str, aug: Any, c: int, version: int) -> dict[
         _check_keys(source, "augmentation", aug, _AUG_KEYS["ops"][1:])
         aug = {"kind": "ops", **aug}
     kind = aug.get("kind")
-    if kind not in _AUG_KEYS:
+    if not isinstance(kind, str) or kind not in _AUG_KEYS:  # a list or dict would not even hash
         raise _err(source, f"augmentation.kind is {kind!r:.40} but must be one of {list(_AUG_KEYS)}")
     _check_keys(source, "augmentation", aug, _AUG_KEYS[kind])
     ops = aug["ops"]

@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,9 @@ AUTOBALANCE = {
     "ab-dl-bank": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "bank"},
     "ab-dl-bank-warm": {"init": "la", "learn": ("logit_bias", "logit_scale"), "augment": "bank",
                         "augment_warm_start": True},
+    # issue 23's exact stage-2 search: stage 1 trains the backbone with LA (α's init), then α is learned on
+    # its frozen features with the classifier solved exactly; the retrain repeats stage 1 and solves for α*
+    "ab-dl-stage2": {"init": "la", "learn": ("logit_bias", "logit_scale"), "stage2": "search"},
 }
 METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 
@@ -180,8 +184,17 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
+        try:  # numbers, booleans, lists; anything else is a string (``stage2=tau-norm``)
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     return name, overrides
+
+
+def split_methods(text: str) -> list[str]:
+    """``la,ce@weight_decay=0.002,stage2=wb`` -> ["la", "ce@weight_decay=0.002,stage2=wb"]: a comma starts a
+    new method unless what follows it is another ``key=value`` override."""
+    return [m.strip() for m in re.split(r",(?=[^,=@]*(?:@|,|$))", text) if m.strip()]
 
 
 def _cfg(config_cls: Any, base: dict[str, Any], **changes: Any) -> Any:
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None, protocol: Protocol = Q, doc: str | None 
     if not Path(a.data).exists():
         print(f"error: {a.data} not found: pass --data pointing at cifar10-jpg.zip", file=sys.stderr)
         return 2
-    methods = list(protocol.methods) if a.methods == "all" else [m.strip() for m in a.methods.split(",")]
+    methods = list(protocol.methods) if a.methods == "all" else split_methods(a.methods)
     unknown = sorted({parse_method(m)[0] for m in methods} - set(METHODS))
     if unknown:
         print(f"error: unknown methods {unknown}: choose from {METHODS}", file=sys.stderr)

@@ -159,9 +159,14 @@ def _baselines(compare: str) -> list[str]:
              "(with --warmstart-storage), or N to run an N-trial study in OUT/warmstart first")
 @option("--warmstart-storage", default=None,
         help="database URL of the study that --warmstart names (e.g. sqlite:///ws.db, postgresql://...)")
+@option("--warmstart-recipe-knobs", "warmstart_recipe", is_flag=True,
+        help="with --warmstart N: the study also searches the training recipe (weight decay, mixup, the DRW point, "
+             "stage 2), as `ab-plugin warmstart --recipe-knobs` does; the search and its retrain train with the "
+             "best trial's recipe")
 @command_options
 def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: str, download: bool, quiet: bool,
-           warmstart: str | None, warmstart_storage: str | None, fmt: str, **kwargs: Any) -> None:
+           warmstart: str | None, warmstart_storage: str | None, warmstart_recipe: bool, fmt: str,
+           **kwargs: Any) -> None:
     """Search α = (w, l, Δ, A) by bilevel optimisation, then retrain with α*.
 
     \b
@@ -186,10 +191,14 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
     cfg = resolve_config(kwargs, saved_cfg)
     baselines = _baselines(compare) if _given("compare") or "compare" not in saved else list(saved["compare"])
     do_retrain = do_retrain if _given("do_retrain") or "retrain" not in saved else bool(saved["retrain"])
+    if warmstart_recipe and not warmstart:
+        raise click.UsageError("--warmstart-recipe-knobs goes with --warmstart N")
     if warmstart:
         from .warmstart import warmstart_config
+        from .warmstart.space import SearchSpace, space_from_options
 
-        cfg = warmstart_config(cfg, warmstart, storage=warmstart_storage, out=out_p)
+        space = space_from_options(",".join(SearchSpace().inits), recipe=True) if warmstart_recipe else None
+        cfg = warmstart_config(cfg, warmstart, storage=warmstart_storage, out=out_p, space=space)
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)
     check_inputs(cfg, bundle)

@@ -68,6 +68,12 @@ AUTOBALANCE = {
     # its frozen features with the classifier solved exactly; the retrain repeats stage 1 and solves for α*
     "ab-dl-stage2": {"init": "la", "learn": ("logit_bias", "logit_scale"), "stage2": "search"},
 }
+#: issue 23's warm start that pays: an Optuna study of this many short proxy searches (a sixth of the epochs,
+#: median-pruned per epoch, ``ab-plugin search --warmstart N --warmstart-recipe-knobs``) over the init, the
+#: upper lr, the validation fraction and the recipe (weight decay, DRW point, stage 2) chooses where the default
+#: search starts and what recipe it and its retrain train with; only validation data scores the trials
+WARMSTART_TRIALS = {"ab-ws": 8}
+AUTOBALANCE["ab-ws"] = AUTOBALANCE["ab-dl-la"]
 METHODS = BASELINES + list(RIVALS) + list(AUTOBALANCE)
 
 
@@ -162,6 +168,8 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     else:
         ab = AUTOBALANCE[method]
         cfg = _cfg(Config, base, **{**ab, **args.get("upper", {}), **overrides})
+        if method in WARMSTART_TRIALS:
+            cfg, out["warmstart"] = _warm_start(cfg, bundle, WARMSTART_TRIALS[method])
         searcher = AutoBalance(cfg)
         search = searcher.fit(bundle)
         res = retrain(search, bundle, cfg)
@@ -175,6 +183,21 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
                per_class_error=[100 * e for e in m["per_class_error"]], accuracy=100 * m["accuracy"],
                wall_seconds=time.perf_counter() - t0)
     return out
+
+
+def _warm_start(cfg: Any, bundle: Any, n_trials: int) -> tuple[Any, dict[str, Any]]:
+    """``cfg`` from the best of an ``n_trials`` warm-start study over the recipe knobs too, and what it cost."""
+    import tempfile
+
+    from ab_plugin.warmstart import warmstart_config
+    from ab_plugin.warmstart.space import space_from_options
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        chosen = warmstart_config(cfg, str(n_trials), storage=None, out=Path(tmp), bundle=bundle,
+                                  space=space_from_options("la,cdt,vs", recipe=True))
+    changed = {k: v for k, v in chosen.to_dict().items() if v != cfg.to_dict().get(k)}
+    return chosen, {"trials": n_trials, "seconds": time.perf_counter() - t0, "chosen": changed}
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ._names import ATTR_SETTINGS, STUDY_DB, STUDY_JOURNAL, SUMMARY
 from ._optuna import import_optuna
-from .space import params_to_config
+from .space import SearchSpace, params_to_config
 from .storage import StorageSpec, open_storage, resolve_storage, study_names
 from .study import run_warmstart
 from .summary import best_trial
@@ -24,25 +24,31 @@ if TYPE_CHECKING:
 
 def warmstart_config(base: Config, spec: str, *, storage: str | None, out: Path,
                      callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-                     bundle: DatasetBundle | None = None) -> Config:
+                     bundle: DatasetBundle | None = None, space: SearchSpace | None = None) -> Config:
     """``base`` updated with the best warm-start trial's settings (``init``, ``tau``/``gamma``, ``upper_lr``,
     ``val_fraction``; from a ``--recipe-knobs`` study also ``weight_decay``, ``mixup``, ``drw_from``,
     ``stage2``), for ``ab-plugin search --warmstart SPEC``: they win over ``base``'s, and since a search's
     retrain runs the search's config, the retrain trains with them too.
 
-    ``spec``: an integer N runs (or resumes) an N-trial study in ``out/warmstart`` first, with the proxy
-    length :func:`~.space.default_trial_epochs` of ``base.epochs``; a warmstart run folder (holding
-    ``study.db`` or ``study.journal``); or a study name in ``storage`` (a database URL).
+    ``spec``: an integer N runs (or resumes) an N-trial study of ``space`` (default: :class:`~.space.SearchSpace`,
+    no recipe knobs) in ``out/warmstart`` first, with the proxy length :func:`~.space.default_trial_epochs` of
+    ``base.epochs``; a warmstart run folder (holding ``study.db`` or ``study.journal``); or a study name in
+    ``storage`` (a database URL). A study that exists already was made with its own space: ``space`` is then
+    refused.
     """
     s = str(spec).strip()
     if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
         n = int(s)
         if n < 1:
             raise ValueError(f"--warmstart N needs N >= 1 trials, got {n}")
-        result = run_warmstart(base, Path(out) / "warmstart", n_trials=n, storage=storage,
+        result = run_warmstart(base, Path(out) / "warmstart", n_trials=n, storage=storage, space=space,
                                study_name=f"{Path(out).resolve().name}-warmstart", callbacks=callbacks, bundle=bundle)
         study = result.study
     else:
+        if space is not None:
+            raise ValueError(f"--warmstart {s} names a finished study, whose space is fixed: the recipe knobs "
+                             "(--warmstart-recipe-knobs) go with --warmstart N, or with `ab-plugin warmstart "
+                             "--recipe-knobs`")
         study = load_warmstart_study(s, storage=storage)
     return params_to_config(base, best_trial(study).params)
 

@@ -151,3 +151,23 @@ def test_recipe_study_from_the_cli_reaches_the_search_and_its_retrain(tmp_path):
     # `ab-plugin retrain RUN` starts from the run's config.yaml: the same recipe
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert {k: saved[k] for k in RECIPE} == chosen
+
+
+def test_search_warmstart_n_with_recipe_knobs_runs_its_study_over_the_recipe(tmp_path):
+    from ab_plugin.cli import main
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["search", *FAST_ARGS, "--warmstart", "2", "--warmstart-recipe-knobs",
+                                    "--compare", "", "--no-retrain", "--quiet", "--format", "json", "--out", str(run)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    study = load_warmstart_study(run / "warmstart")
+    assert len(study.trials) == 2 and all(set(RECIPE) - {"mixup"} <= set(t.params) for t in study.trials)
+    result = json.loads((run / "search" / "result.json").read_text())
+    assert {k: result["config"][k] for k in study.best_trial.params} == study.best_trial.params
+
+    # a finished study's space is fixed; without --warmstart the flag means nothing
+    for args, msg in ((["--warmstart", str(run / "warmstart"), "--warmstart-recipe-knobs"], "names a finished study"),
+                      (["--warmstart-recipe-knobs"], "--warmstart-recipe-knobs goes with --warmstart N")):
+        res = CliRunner().invoke(main, ["search", *FAST_ARGS, *args, "--out", str(tmp_path / "other"), "--quiet"])
+        assert res.exit_code == 2 and msg in res.output, res.output

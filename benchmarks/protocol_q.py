@@ -179,6 +179,8 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
                    alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation,
                    sharing=cfg.sharing)
     m = res.test_metrics
+    if res.stage2:  # what stage 2 chose, and the stage-1 model's error on the same backbone (its paired effect)
+        out.update(stage2=res.stage2, stage1_balanced_error=100 * res.stage1_test_metrics["balanced_error"])
     out.update(balanced_error=100 * m["balanced_error"], worst_class_error=100 * m["worst_class_error"],
                per_class_error=[100 * e for e in m["per_class_error"]], accuracy=100 * m["accuracy"],
                wall_seconds=time.perf_counter() - t0)

@@ -170,9 +170,13 @@ def _connect(spec: StorageSpec) -> BaseStorage:
     optuna = import_optuna()
     if spec.kind == "sqlite":
         db = spec.target.split(":///", 1)[1] if ":///" in spec.target else ""
+        engine_kwargs = {"connect_args": {"timeout": 60}}
         if db and db != ":memory:":
+            from ._sqlite import SQLiteStorage
+
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(spec.target, engine_kwargs={"connect_args": {"timeout": 60}})
+            return SQLiteStorage(spec.target, db, engine_kwargs=engine_kwargs)
+        return optuna.storages.RDBStorage(spec.target, engine_kwargs=engine_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: stable in practice
         return optuna.storages.RDBStorage(spec.target, engine_kwargs={"pool_pre_ping": True},

@@ -180,3 +180,14 @@ def test_policy_hypergrad_compare_known_answer():
     assert got["all"]["rel_norm"] == pytest.approx(math.sqrt(2), abs=1e-15)
     assert got["all"]["sign"] == 0.75
     assert math.isnan(bench.compare(ref, [torch.zeros(1, 2), torch.zeros(1, 2)])["all"]["cos"])
+
+
+def test_protocol_q_method_lists_keep_each_methods_overrides():
+    spec = importlib.util.spec_from_file_location("protocol_q", REPO / "benchmarks" / "protocol_q.py")
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    assert q.split_methods("la,ce@weight_decay=0.002,stage2=wb, ab-dl-la@upper_lr=0.03,interval=10,ab-ws") == [
+        "la", "ce@weight_decay=0.002,stage2=wb", "ab-dl-la@upper_lr=0.03,interval=10", "ab-ws"]
+    assert q.parse_method("ce@weight_decay=0.002,stage2=tau-norm,freeze_backbone=true") == (
+        "ce", {"weight_decay": 0.002, "stage2": "tau-norm", "freeze_backbone": True})
+    assert q.parse_method("la") == ("la", {})

@@ -182,10 +182,9 @@ def test_policy_hypergrad_compare_known_answer():
     assert math.isnan(bench.compare(ref, [torch.zeros(1, 2), torch.zeros(1, 2)])["all"]["cos"])
 
 
-def test_protocol_q_method_lists_keep_each_methods_overrides():
-    spec = importlib.util.spec_from_file_location("protocol_q", REPO / "benchmarks" / "protocol_q.py")
-    q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(q)
+def test_protocol_q_method_lists_keep_each_methods_overrides(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    q = importlib.import_module("protocol_q")
     assert q.split_methods("la,ce@weight_decay=0.002,stage2=wb, ab-dl-la@upper_lr=0.03,interval=10,ab-ws") == [
         "la", "ce@weight_decay=0.002,stage2=wb", "ab-dl-la@upper_lr=0.03,interval=10", "ab-ws"]
     assert q.parse_method("ce@weight_decay=0.002,stage2=tau-norm,freeze_backbone=true") == (

@@ -195,9 +195,9 @@ def search(out: str, resume: bool, overwrite: bool, do_retrain: bool, compare: s
         raise click.UsageError("--warmstart-recipe-knobs goes with --warmstart N")
     if warmstart:
         from .warmstart import warmstart_config
-        from .warmstart.space import SearchSpace, space_from_options
+        from .warmstart.space import RecipeSpace, SearchSpace
 
-        space = space_from_options(",".join(SearchSpace().inits), recipe=True) if warmstart_recipe else None
+        space = SearchSpace(recipe=RecipeSpace()) if warmstart_recipe else None
         cfg = warmstart_config(cfg, warmstart, storage=warmstart_storage, out=out_p, space=space)
     _check_backbone(cfg)
     bundle = load_bundle(cfg, download)

@@ -192,13 +192,14 @@ def _warm_start(cfg: Any, bundle: Any, n_trials: int) -> tuple[Any, dict[str, An
     import tempfile
 
     from ab_plugin.warmstart import warmstart_config
-    from ab_plugin.warmstart.space import space_from_options
+    from ab_plugin.warmstart.space import RecipeSpace, SearchSpace
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the search --warmstart N --warmstart-recipe-knobs space
         chosen = warmstart_config(cfg, str(n_trials), storage=None, out=Path(tmp), bundle=bundle,
-                                  space=space_from_options("la,cdt,vs", recipe=True))
-    changed = {k: v for k, v in chosen.to_dict().items() if v != cfg.to_dict().get(k)}
+                                  space=SearchSpace(recipe=RecipeSpace()))
+    before = cfg.to_dict()
+    changed = {k: v for k, v in chosen.to_dict().items() if v != before.get(k)}
     return chosen, {"trials": n_trials, "seconds": time.perf_counter() - t0, "chosen": changed}
 
 

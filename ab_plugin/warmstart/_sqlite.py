@@ -3,29 +3,18 @@
 Optuna claims a WAITING (enqueued) trial by reading its state and then writing RUNNING; on a database server
 ``SELECT ... FOR UPDATE`` makes that one step, but SQLite ignores it, so two workers can claim the same trial,
 run it twice, and the second to finish fails with "Cannot tell a COMPLETE/PRUNED trial" (optuna/optuna#4002).
-Here the claim runs under an exclusive lock on a file beside the database, which every worker of the study
-takes.
+Here the claim runs under an exclusive lock on a file beside the database (``filelock``, as the run folders'
+lock), which every worker of the study takes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from optuna.trial import TrialState
-
-
-@contextlib.contextmanager
-def _exclusive(path: str) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class SQLiteStorage(optuna.storages.RDBStorage):
@@ -33,11 +22,11 @@ class SQLiteStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, db: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._lock = f"{db}.lock"
+        self._lock = FileLock(f"{db}.lock")
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
                                ) -> bool:
         if state != TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        with _exclusive(self._lock):  # the read of WAITING and the write of RUNNING, with no claim between
+        with self._lock:  # the read of WAITING and the write of RUNNING, with no claim between
             return super().set_trial_state_values(trial_id, state, values)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Protocol Q's (or P's) accuracy table on one GPU: every (method, seed) job in parallel worker processes.
-# Usage on a GPU machine, from the repo root, with the CIFAR zip at $ZIP (default .dev/cifar10-jpg.zip):
+# Usage on a GPU machine, from the repo root, with the CIFAR zip at $ZIP (default .dev/cifar10-q.zip, made here by
+# `python benchmarks/subset_zip.py ../shared/data/cifar10-jpg.zip .dev/cifar10-q.zip` to fit the device's 64 MiB)
+# and, when the machine lacks them, the dependencies' wheels in .whl/ (kornia, kornia_rs, higher, optuna, alembic,
+# SQLAlchemy, Mako, colorlog, timm, filelock, click, rich; cp312 manylinux builds):
 #   OUT=/tmp/out WORKERS=12 bash benchmarks/gpu_run.sh [extra protocol_q.py args]
-#   PROTOCOL=p LIMIT=86400 OUT=/tmp/out WORKERS=5 bash benchmarks/gpu_run.sh --threads 3   # LIMIT: seconds
+#   ZIP=.dev/cifar10-p.zip PROTOCOL=p LIMIT=86400 OUT=/tmp/out WORKERS=5 bash benchmarks/gpu_run.sh --threads 3
+#   (LIMIT: seconds; protocol P reads 5000 images per class: subset_zip.py --n-max 5000)
 set -u
-ZIP=${ZIP:-.dev/cifar10-jpg.zip}
+ZIP=${ZIP:-.dev/cifar10-q.zip}
 OUT=${OUT:-benchmarks/results}
 WORKERS=${WORKERS:-12}
 LIMIT=${LIMIT:-500}

@@ -190,3 +190,35 @@ def test_protocol_q_method_lists_keep_each_methods_overrides(monkeypatch):
     assert q.parse_method("ce@weight_decay=0.002,stage2=tau-norm,freeze_backbone=true") == (
         "ce", {"weight_decay": 0.002, "stage2": "tau-norm", "freeze_backbone": True})
     assert q.parse_method("la") == ("la", {})
+
+
+def test_subset_zip_gives_protocol_q_the_same_long_tailed_data(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from ab_plugin.data import create_dataset
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    subset_zip = importlib.import_module("subset_zip")
+    g = torch.Generator().manual_seed(0)
+    full = tmp_path / "full.zip"
+    with zipfile.ZipFile(full, "w") as zf:  # a top folder, unsorted member order, 6 / 3 images per class
+        for split, n in (("test", 3), ("train", 6)):
+            for cls in ("b", "a", "c"):
+                for i in reversed(range(n)):
+                    buf = io.BytesIO()
+                    pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8).numpy()
+                    Image.fromarray(pixels).save(buf, format="PNG")
+                    zf.writestr(f"top/{split}/{cls}/{i:02d}.png", buf.getvalue())
+    small = tmp_path / "q" / "small.zip"
+    assert subset_zip.main([str(full), str(small), "--n-max", "4"]) == 0
+    assert len(zipfile.ZipFile(small).namelist()) == 3 * 4 + 3 * 3
+    a = create_dataset(f"imagefolder:{full}", imbalance=4, n_max=4)
+    b = create_dataset(f"imagefolder:{small}", imbalance=4, n_max=4)
+    assert a.train.targets.tolist() == [0] * 4 + [1] * 2 + [2]  # n_i = ceil(4 * 4 ** (-i / 2))
+    for split in ("train", "test"):
+        assert torch.equal(getattr(a, split).images, getattr(b, split).images)
+        assert torch.equal(getattr(a, split).targets, getattr(b, split).targets)
+    assert subset_zip.main([str(tmp_path / "absent.zip"), str(small)]) == 2

@@ -178,6 +178,8 @@ def run_job(method: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
                    search_images=len(searcher.trainer.train_data),
                    alpha=search.alpha, search_val=search.val_metrics, augmentation=search.augmentation,
                    sharing=cfg.sharing)
+        if search.stage2:  # the exact stage-2 search: its hyper-steps' own seconds, apart from stage 1's training
+            out["search_stage2"] = search.stage2
     m = res.test_metrics
     if res.stage2:  # what stage 2 chose, and the stage-1 model's error on the same backbone (its paired effect)
         out.update(stage2=res.stage2, stage1_balanced_error=100 * res.stage1_test_metrics["balanced_error"])

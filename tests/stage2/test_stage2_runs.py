@@ -80,7 +80,8 @@ def test_stage2_search_end_to_end_through_the_cli(tmp_path):
     assert code == 0, err
     summary = json.loads(stdout)
     search, again = summary["stages"]["search"], summary["stages"]["retrain"]
-    assert search["hyper_steps"] == 3 and search["stage2"]["max_solve_grad_norm"] < 1e-8
+    # each hyper-step solves the classifier to the exact search's tolerance, a gradient norm of 1e-7
+    assert search["hyper_steps"] == 3 and search["stage2"]["max_solve_grad_norm"] < 1e-7
     assert again["stage2"]["recipe"] == "search" and "retrain:stage1" in summary["stages"]
     alpha = json.loads((out / "search" / "result.json").read_text())["alpha"]
     policy = json.loads((out / "policy.json").read_text())

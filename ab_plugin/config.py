@@ -194,7 +194,10 @@ class Config:
     max_bad_steps: int = _opt(20, group="upper", range=(1, 10**6), help=(
         "consecutive non-finite (skipped) steps before the run stops"))
     # stage 2
-    stage2: str = _opt("none", group="stage2", help=(
+    stage2: str = _opt("auto", group="stage2", help=(
+        "auto: the search and its retrain use search wherever it can serve (augmentation not learned, an "
+        "objective on classes, the head engine, a backbone that trains), else none; baselines none (chosen on "
+        "protocol Q tuning seeds, benchmarks/RESULTS.md). Otherwise, "
         "after stage 1, freeze the backbone, compute its features once and re-train the classifier on them: "
         "crt (fresh classifier, CE, class-balanced sampling; Kang et al. ICLR 2020), tau-norm (rows w_j / "
         "||w_j||^τ, bias dropped, τ in 0..2 chosen on validation balanced error; Kang et al.), wb (weight "
@@ -238,6 +241,21 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    def for_role(self, search: bool) -> Config:
+        """This config with ``stage2="auto"`` made concrete. For the search and its retrain (``search=True``):
+        ``search``, the exact stage-2 search, unless the run asks for what only the one-stage search does
+        (learned augmentation, a group objective, an engine other than ``head``), then ``none``; ``none`` with
+        ``freeze_backbone`` too, whose search is the exact search already. For a baseline: ``none``, its paper's
+        recipe. Any other ``stage2`` is returned as it is."""
+        from .objectives import GROUP_OBJECTIVES
+        from .policies._policy import LEARNED_KINDS
+
+        if self.stage2 != "auto":
+            return self
+        exact = search and self.augment not in LEARNED_KINDS and self.objective not in GROUP_OBJECTIVES \
+            and self.engine == "head" and not self.freeze_backbone
+        return self.replace(stage2="search" if exact else "none")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -325,7 +343,7 @@ class Config:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         known("loss", self.loss, list_losses())
-        known("stage2", self.stage2, list_stage2())
+        known("stage2", self.stage2, ["auto", *list_stage2()])
         need(not (self.stage2 == "search" and self.augment in LEARNED_KINDS),
              f"--stage2 search learns α on features computed once, without augmentation: --augment {self.augment} "
              "would learn nothing; use --augment none or fixed")

@@ -219,7 +219,7 @@ class AutoBalance:
     """
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
-        self.cfg = (config or Config()).replace(**overrides)
+        self.cfg = (config or Config()).replace(**overrides).for_role(search=True)
         self.cfg.validate()
         self.trainer: Trainer | None = None
 
@@ -306,6 +306,7 @@ def retrain(
     if isinstance(alpha, RunResult):
         augmentation = augmentation if augmentation is not None else alpha.augmentation
         alpha = alpha.alpha
+    cfg = cfg.for_role(search=True)  # the search's own stage 2, so that α* is used as it was learned
     n = bundle.train.num_classes
     if len(alpha["logit_bias"]) != n:
         raise ValueError(
@@ -341,6 +342,7 @@ def train_baseline(
     model: nn.Module | None = None,
 ) -> RunResult:
     """Train with a fixed loss of the family (ce, la, cdt, vs, ldam, ldam-drw) on the training set."""
+    cfg = cfg.for_role(search=False)
     train, val = _stage2_val(cfg, bundle)
     loss = create_loss(name, train.class_counts(), tau=cfg.tau, gamma=cfg.gamma)
     policy = create_policy(_unlearned(cfg.augment), bundle.train.num_classes)

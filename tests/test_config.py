@@ -100,3 +100,20 @@ def test_recipe_knobs_round_trip_through_yaml_and_stay_off_by_default(tmp_path):
         Config(drw_from=1.5).validate()
     with pytest.raises(ValueError, match=r"--mixup must be in \[0, inf\]"):
         Config(mixup=-1.0).validate()
+
+
+@pytest.mark.parametrize("changes, search, baseline", [
+    ({}, "search", "none"),
+    ({"augment": "learned"}, "none", "none"),  # only the one-stage search learns augmentation
+    ({"objective": "worst-group"}, "none", "none"),  # nor group objectives
+    ({"engine": "neumann"}, "none", "none"),  # an engine asks for hyper-steps in the loop
+    ({"freeze_backbone": True}, "none", "none"),  # its search is the exact search already
+    ({"stage2": "crt"}, "crt", "crt"),
+    ({"stage2": "none"}, "none", "none"),
+])
+def test_stage2_auto_is_the_exact_search_for_the_search_where_it_can_serve(changes, search, baseline):
+    cfg = Config(**changes)
+    assert cfg.for_role(search=True).stage2 == search and cfg.for_role(search=False).stage2 == baseline
+    cfg.for_role(search=True).validate()
+    with pytest.raises(ValueError, match="unknown --stage2 'exact': choose from auto, "):
+        Config(stage2="exact").validate()

@@ -12,8 +12,9 @@ from ab_plugin.hypergrad import FeatureProblem
 from ab_plugin.policies._cuda import LEVELS_KEY
 from ab_plugin.trainer import CHECKPOINT, METRICS
 
-FAST = dict(dataset="blobs", epochs=12, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.25, interval=2,
-            hyper_batches=4, upper_lr=0.05, device="cpu", channels_last=False, augment="none", seed=0)
+# the one-stage search (hyper-steps in the training loop), which these tests are about
+FAST = dict(stage2="none", dataset="blobs", epochs=12, batch_size=32, lr=0.05, warmup_epochs=1, upper_start=0.25,
+            interval=2, hyper_batches=4, upper_lr=0.05, device="cpu", channels_last=False, augment="none", seed=0)
 
 
 def _corr(a, b):

@@ -71,6 +71,21 @@ def test_baseline_with_a_stage2_recipe_keeps_stage1_metrics(tiny_bundle, recipe)
         assert result.stage2["grad_norm"] < 1e-9
 
 
+def test_by_default_the_search_and_its_retrain_use_the_exact_stage2_search_and_baselines_none(tiny_bundle):
+    cfg = Config(**TINY, stage2_hyper_steps=2)
+    assert cfg.stage2 == "auto"
+    torch.manual_seed(0)
+    searcher = AutoBalance(cfg)
+    found = searcher.fit(tiny_bundle, model=TinyNet())
+    assert searcher.cfg.stage2 == "search" and found.stage2["recipe"] == "search" and found.hyper_steps == 2
+    assert found.stage1_test_metrics is not None  # stage 1 trained with α at its init, then the hyper-steps
+    torch.manual_seed(0)
+    again = retrain(found, tiny_bundle, cfg, model=TinyNet())
+    assert again.stage2["recipe"] == "search" and again.stage2["grad_norm"] < 1e-9  # the classifier solved for α*
+    torch.manual_seed(0)
+    assert train_baseline("la", tiny_bundle, cfg, model=TinyNet()).stage2 is None  # its paper's recipe
+
+
 def test_stage2_search_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "run"
     code, stdout, err = cli("search", "--dataset", "digits-lt", "--backbone", "resnet20", "--epochs", "1",

@@ -144,9 +144,9 @@ class Config:
         "also weighted by its class-balanced weight (effective number, β = 0.9999, mean 1) [default: off; "
         "ldam-drw: 0.8]"))
     rebalance_from: float | None = _opt(None, group="recipe", range=(0.0, 1.0), help=(
-        "deferred re-balancing, for baselines and retrains: plain cross-entropy until this fraction [0, 1] of "
-        "the epochs, then the chosen loss (Bag of Tricks' DRW for balanced softmax: --loss la --tau 1 "
-        "--rebalance-from 0.8) [default: the loss from the start]"))
+        "deferred re-balancing, for baselines, retrains and the stage 1 of --stage2 search: plain cross-entropy "
+        "until this fraction [0, 1] of the epochs, then the chosen loss (Bag of Tricks' DRW for balanced "
+        "softmax: --loss la --tau 1 --rebalance-from 0.8) [default: the loss from the start]"))
     # loss family
     loss: str = _opt("autobalance", group="loss", help=(
         "loss of the run: autobalance searches α; the others are fixed losses of the family"))

@@ -92,8 +92,9 @@ class _Weights(TrainerCallback):
 
 
 def test_drw_switches_at_its_fraction_for_a_baseline_the_search_and_the_retrain(tiny_bundle):
+    # the one-stage search, whose α moves between the epochs the deferral acts on
     cfg = Config(**{**TINY, "epochs": 4}, dataset="blobs", augment="none", drw_from=0.5, upper_average=0.0,
-                 learn=("logit_bias", "class_weight"))
+                 learn=("logit_bias", "class_weight"), stage2="none")
     ce = _Weights()
     train_baseline("ce", tiny_bundle, cfg, model=TinyNet(4), callbacks=[ce])
     full = drw_weights(tiny_bundle.train.class_counts())
@@ -153,5 +154,8 @@ def test_rebalance_from_trains_plain_ce_first_and_a_search_refuses_it(tiny_bundl
     cfg = Config(**{**TINY, "epochs": 4}, dataset="blobs", augment="none", rebalance_from=0.5)
     train_baseline("la", tiny_bundle, cfg, model=TinyNet(4), callbacks=[Plain()])
     assert plain == {0: True, 1: True, 2: False, 3: False}
-    with pytest.raises(ValueError, match="rebalance-from"):
-        AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))
+    with pytest.raises(ValueError, match="rebalance-from"):  # the one-stage search learns α on the loss it trains
+        AutoBalance(cfg.replace(stage2="none")).build(tiny_bundle, model=TinyNet(4))
+    # the exact stage-2 search learns α on frozen features, whatever recipe trained them
+    trainer, _ = AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))
+    assert trainer.upper is None and trainer.loss._plain

@@ -162,7 +162,10 @@ def _objective(study: optuna.Study, base: Config, space: SearchSpace, bundle: Da
             trial.set_user_attr(ATTR_SURPLUS, True)
             study.stop()
             raise _SurplusTrial(f"the study already holds {n_trials} trials")
+        # a proxy is a short one-stage search, pruned per epoch on its validation error (``--stage2 auto`` is
+        # ``none`` here; the search it hands on to resolves its own)
         cfg = params_to_config(base, space.suggest(trial, base, trial_epochs)).replace(epochs=trial_epochs)
+        cfg = cfg.for_role(search=False)
         # a trial with a searched stage 2 is scored after it: its epochs' errors are of a model it never hands
         # on, so they are not reported and the pruner does not stop it (it runs its trial_epochs to the end)
         staged = space.recipe is not None and cfg.stage2 != "none"

@@ -39,7 +39,11 @@ def test_search_writes_a_complete_run_folder(search_run):
     assert set(summary["alpha"]) == {"class_weight", "logit_bias", "logit_scale"}
     assert len(summary["alpha"]["logit_bias"]) == 10
     lines = (out / "search" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and "val" in json.loads(lines[0])
+    assert len(lines) == 3
+    # --stage2 auto: stage 1 trained with α at its init, then the exact stage-2 search, and its retrain the same
+    stages = summary["stages"]
+    assert stages["search"]["stage2"]["recipe"] == "search" and stages["search"]["hyper_steps"] == 10
+    assert stages["retrain"]["stage2"]["recipe"] == "search" and "retrain:stage1" in stages
 
 
 def test_export_show_and_evaluate(search_run, tmp_path):

@@ -247,7 +247,9 @@ def test_format_json_without_failure_prints_no_error_document(finished_run, tmp_
 
 def test_a_search_with_zero_hyper_steps_warns_that_alpha_was_not_learned(tmp_path):
     out = tmp_path / "run"
-    code, stdout, stderr = _invoke("search", *QUICK, "--batch-size", "100000", "--out", str(out), "--format", "json")
+    # one batch per epoch leaves the one-stage search's loop no room for a hyper-step
+    code, stdout, stderr = _invoke("search", *QUICK, "--stage2", "none", "--batch-size", "100000", "--out", str(out),
+                                   "--format", "json")
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["stages"]["search"]["hyper_steps"] == 0

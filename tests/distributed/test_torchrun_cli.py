@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ARGS = ["search", "--backbone", "resnet20", "--batch-size", "64", "--interval", "2", "--upper-start", "0.25",
-        "--device", "cpu", "--quiet", "--compare", "", "--no-retrain", "--format", "json"]
+# the one-stage search (hyper-steps in the loop), whose buffers and α the ranks share
+ARGS = ["search", "--stage2", "none", "--backbone", "resnet20", "--batch-size", "64", "--interval", "2",
+        "--upper-start", "0.25", "--device", "cpu", "--quiet", "--compare", "", "--no-retrain", "--format", "json"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -283,6 +283,11 @@ def retrain_cmd(source: str, out: str, resume: bool, overwrite: bool, quiet: boo
     base = _saved_options(out_p, resume)[1] or (read_run(src)[2] if src.is_dir() else None)
     cfg = resolve_config(kwargs, base)
     pf = load_policy(src / POLICY if src.is_dir() else src)
+    if base is None and cfg.stage2 == "auto":
+        # α is retrained the way it was learned: the file says with which stage 2 (none: a file from before
+        # --stage2 auto, or an α learned inside a training loop by the integrations)
+        cfg = cfg.replace(stage2=pf.provenance.get("stage2", "none"))
+        cfg.validate()
     _check_backbone(cfg)
     bundle = load_bundle(cfg)
     check_num_classes(pf, bundle.train.num_classes)

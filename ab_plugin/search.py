@@ -89,7 +89,7 @@ class RunResult:
 
 
 _PROVENANCE_KEYS = ("dataset", "imbalance", "n_max", "backbone", "epochs", "seed", "engine", "init", "sharing",
-                    "augment")
+                    "augment", "stage2")
 
 
 def _headline(m: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -302,11 +302,14 @@ def retrain(
     model: nn.Module | None = None,
 ) -> RunResult:
     """Train a fresh model on the whole training set (search train + validation, unless the dataset ships its
-    own validation split) with α fixed."""
+    own validation split) with α fixed. ``cfg.stage2="auto"`` takes the stage 2 of the search ``alpha`` comes
+    from (a :class:`RunResult`), else resolves as the search's would (:meth:`Config.for_role`)."""
     if isinstance(alpha, RunResult):
         augmentation = augmentation if augmentation is not None else alpha.augmentation
+        if cfg.stage2 == "auto":  # α* is retrained the way it was learned: with the search's own stage 2
+            cfg = cfg.replace(stage2=alpha.config.get("stage2", "none"))
         alpha = alpha.alpha
-    cfg = cfg.for_role(search=True)  # the search's own stage 2, so that α* is used as it was learned
+    cfg = cfg.for_role(search=True)
     n = bundle.train.num_classes
     if len(alpha["logit_bias"]) != n:
         raise ValueError(

@@ -54,12 +54,26 @@ def test_export_show_and_evaluate(search_run, tmp_path):
     assert data["version"] == 2 and len(data["classes"]) == 10
     prov = data["provenance"]
     assert prov["sharing"] == "poly:3" and prov["augment"] in ("fixed", "learned", "none") and "n_max" in prov
+    assert prov["stage2"] == "search"  # how α was learned, which a retrain from the file repeats
     res = _run(["show", str(pf), "--format", "json"])
     assert json.loads(res.stdout)["loss"]["logit_bias"] == data["loss"]["logit_bias"]
     res = _run(["evaluate", str(out), "--format", "json"])
     ev = json.loads(res.stdout)
     assert ev["stage"] == "retrain"
     assert ev["balanced_error"] == pytest.approx(json.loads((out / "result.json").read_text())["balanced_error"])
+
+
+@pytest.mark.parametrize("learned_in_the_loop", [False, True])
+def test_a_retrain_from_a_policy_file_repeats_the_stage2_it_names(search_run, tmp_path, learned_in_the_loop):
+    out, _ = search_run
+    policy = json.loads((out / "policy.json").read_text())
+    if learned_in_the_loop:  # a file from before --stage2 auto, or from an integration's in-loop search
+        del policy["provenance"]["stage2"]
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    res = _run(["retrain", str(path), *SMALL, "--epochs", "1", "--out", str(tmp_path / "re"), "--format", "json"])
+    stage = json.loads(res.stdout)["stages"]["retrain"]
+    assert stage.get("stage2", {}).get("recipe") == (None if learned_in_the_loop else "search")
 
 
 def test_finished_run_folder_is_refused_without_overwrite(search_run):

@@ -82,8 +82,14 @@ def test_by_default_the_search_and_its_retrain_use_the_exact_stage2_search_and_b
     torch.manual_seed(0)
     again = retrain(found, tiny_bundle, cfg, model=TinyNet())
     assert again.stage2["recipe"] == "search" and again.stage2["grad_norm"] < 1e-9  # the classifier solved for α*
+    assert found.to_policy().provenance["stage2"] == "search"  # a policy file says how its α was learned
     torch.manual_seed(0)
     assert train_baseline("la", tiny_bundle, cfg, model=TinyNet()).stage2 is None  # its paper's recipe
+    # an α learned inside the training loop is retrained there too, under the same default config
+    torch.manual_seed(0)
+    one_stage = AutoBalance(cfg.replace(stage2="none")).fit(tiny_bundle, model=TinyNet())
+    torch.manual_seed(0)
+    assert retrain(one_stage, tiny_bundle, cfg, model=TinyNet()).stage2 is None
 
 
 def test_stage2_search_end_to_end_through_the_cli(tmp_path):

@@ -242,12 +242,27 @@ def test_killed_worker_resumes_from_the_stored_trials(tmp_path):
     assert trials[0].params == points[0] and trials[0].state == TS.COMPLETE
 
 
+# the ``ab-plugin warmstart`` command, run once ``argv[1]`` holds one file per worker (2)
+_AT_BARRIER = """
+import sys, time, pathlib
+from ab_plugin.warmstart import warmstart_command
+barrier = pathlib.Path(sys.argv[1])
+(barrier / sys.argv[2]).touch()
+while len(list(barrier.iterdir())) < 2:
+    time.sleep(0.01)
+warmstart_command.main(sys.argv[3:], prog_name="ab-plugin warmstart")
+"""
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path):
-    out = tmp_path / "shared"
-    # full-size proxies (363 images, ~1 s a trial): enough work that both workers join before it is done
-    cmd = _cli(out, "--n-trials", "6", "--pruner", "median", "--pruner-startup", "2", "--n-max", "144")
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    out, barrier = tmp_path / "shared", tmp_path / "barrier"
+    barrier.mkdir()
+    # full-size proxies (363 images, ~1 s a trial). Both workers meet at a barrier after their imports, so that a
+    # slow interpreter start cannot let one of them finish the study before the other joins.
+    args = _cli(out, "--n-trials", "6", "--pruner", "median", "--pruner-startup", "2", "--n-max", "144")[3:]
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_BARRIER, str(barrier), str(i), *args], cwd=tmp_path,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err

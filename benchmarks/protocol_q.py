@@ -72,8 +72,10 @@ AUTOBALANCE = {
 #: median-pruned per epoch, ``ab-plugin search --warmstart N --warmstart-recipe-knobs``) over the init, the
 #: upper lr, the validation fraction and the recipe (weight decay, DRW point, stage 2) chooses where the default
 #: search starts and what recipe it and its retrain train with; only validation data scores the trials
-WARMSTART_TRIALS = {"ab-ws": 8}
+#: (``ab-ws``: from the one-stage search; ``ab-ws-stage2``: from the product's default, the exact stage-2 search)
+WARMSTART_TRIALS = {"ab-ws": 8, "ab-ws-stage2": 8}
 AUTOBALANCE["ab-ws"] = AUTOBALANCE["ab-dl-la"]
+AUTOBALANCE["ab-ws-stage2"] = AUTOBALANCE["ab-dl-stage2"]
 # every row but ab-dl-stage2 is the one-stage search (hyper-steps in the training loop), as its raw rows were
 # measured before Config's stage2 default became "auto" (the exact stage-2 search where it can serve)
 for _ab in AUTOBALANCE.values():

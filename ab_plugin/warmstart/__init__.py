@@ -12,8 +12,9 @@ validation balanced error is reported to the trial so that a pruner stops bad tr
 - with ``--recipe-knobs`` (:class:`~.space.RecipeSpace`; off by default, so studies made without it resume
   as they were) the training recipe: ``weight_decay`` (log scale), mixup's ``mixup`` α (0 = off included;
   only with an engine that replays a batch's mix, ``head``), the DRW point ``drw_from`` (off or the start
-  of a proxy epoch, the only points a proxy tells apart) and ``stage2`` (``none``, ``crt``, ``wb`` or
-  ``search``; a trial with stage 2 applies it after its loop and is scored after it, so it is never pruned).
+  of a proxy epoch, the only points a proxy tells apart) and ``stage2`` (``auto``, the base search's own,
+  ``none``, ``crt``, ``wb`` or ``search``; a trial with stage 2 applies it after its loop and is scored after
+  it, so it is never pruned).
   The known-good points carry the base config's own recipe. ``--space NAME=LOW,HIGH`` sets any knob's range
   (``stage2=A,B``: its choices).
 

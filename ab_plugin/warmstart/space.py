@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 INIT_FAMILIES: dict[str, tuple[str, ...]] = {"neutral": (), "la": ("tau",), "cdt": ("gamma",), "vs": ("tau", "gamma")}
 
 #: Stage-2 values a proxy trial can score. ``tau-norm`` is left out: it chooses its τ on the very validation
-#: split the trial is scored on, so its score would flatter it.
-PROXY_STAGE2 = ("none", "crt", "wb", "search")
+#: split the trial is scored on, so its score would flatter it. ``auto`` is the choice ``--stage2 auto`` makes
+#: for the base's search (``search`` where its features allow the exact search, else ``none``).
+PROXY_STAGE2 = ("auto", "none", "crt", "wb", "search")
 
 #: Slack of the comparisons between a DRW fraction and a proxy epoch's start ``e / trial_epochs`` (0.7 * 10 is
 #: 7.000000000000001 in floating point, yet epoch 7 of 10 starts DRW at 0.7).
@@ -68,15 +69,19 @@ class RecipeSpace:
       proxy's epoch starts ``e / trial_epochs`` inside the range: the loss switches its weights on at whole
       epochs, so these are the only points a proxy tells apart, and the fraction a study hands on is the one
       its trial ran (a fraction scales with the run's epochs).
-    - ``stage2``: the choices, among :data:`PROXY_STAGE2`. A proxy trial with stage 2 applies it after its
-      loop and is scored after it; its epochs are not reported, so the pruner never stops it on a stage-1
-      error (it runs to the end).
+    - ``stage2``: the choices, among :data:`PROXY_STAGE2` (``auto``: the base's search's own, so the default
+      recipe is always one of them). A proxy trial with stage 2 applies it after its loop and is scored after
+      it; its epochs are not reported, so the pruner never stops it on a stage-1 error (it runs to the end).
+
+    The default weight-decay range brackets ``Config.weight_decay`` (2e-3, the best of 5e-4 / 1e-3 / 2e-3 / 5e-3
+    on protocol Q's tuning seeds for every method; 5e-4 cost about 2 points there), so the base's own value is
+    inside it rather than at an edge.
     """
 
-    weight_decay: tuple[float, float] = (1e-4, 2e-3)
+    weight_decay: tuple[float, float] = (1e-3, 5e-3)
     mixup: tuple[float, float] = (0.0, 1.0)
     drw_from: tuple[float, float] = (0.5, 0.9)
-    stage2: tuple[str, ...] = ("none", "crt")
+    stage2: tuple[str, ...] = ("auto", "none", "crt")
 
     def validate(self) -> None:
         """The ranges and choices themselves (:meth:`check_base` checks them against a search's config)."""
@@ -102,11 +107,17 @@ class RecipeSpace:
         if len(self.drw_choices(trial_epochs)) < 2:
             raise ValueError(f"the drw_from range {self.drw_from} holds no epoch start of a {trial_epochs}-epoch "
                              "proxy: widen it (--space drw_from=LO,HI) or raise --trial-epochs")
-        for stage2 in self.stage2:
+        for stage2 in self.stage2_choices(base):
             try:
                 base.replace(stage2=stage2).validate()
             except ValueError as e:
                 raise ValueError(f"stage2 choice {stage2!r} cannot run with this config ({e})") from None
+
+    def stage2_choices(self, base: Config) -> list[str]:
+        """The stage-2 choices for ``base``'s search, ``auto`` made concrete (``search`` or ``none``), in order,
+        without repeats: the values its trials take and hand on."""
+        auto = base.replace(stage2="auto").for_role(search=True).stage2
+        return list(dict.fromkeys(auto if s == "auto" else s for s in self.stage2))
 
     def drw_choices(self, trial_epochs: int) -> list[float | None]:
         """Off (``None``), then the starts ``e / trial_epochs`` of the proxy's epochs inside the range."""
@@ -132,14 +143,16 @@ class RecipeSpace:
         if can_mix(base):
             trial.suggest_float("mixup", *self.mixup)
         trial.suggest_categorical("drw_from", self.drw_choices(trial_epochs))
-        trial.suggest_categorical("stage2", list(self.stage2))
+        trial.suggest_categorical("stage2", self.stage2_choices(base))
 
     def known_good(self, base: Config, trial_epochs: int) -> dict[str, Any]:
         """``base``'s own recipe as the space holds it: weight decay and mixup clipped into their ranges, the
-        DRW point as the proxy runs it (:meth:`proxy_drw`), stage 2 when it is a choice (else the first)."""
+        DRW point as the proxy runs it (:meth:`proxy_drw`), the stage 2 its search runs when it is a choice
+        (else the first)."""
+        own, choices = base.for_role(search=True).stage2, self.stage2_choices(base)
         point: dict[str, Any] = {"weight_decay": _clip(base.weight_decay, self.weight_decay),
                                  "drw_from": self.proxy_drw(base.drw_from, trial_epochs),
-                                 "stage2": base.stage2 if base.stage2 in self.stage2 else self.stage2[0]}
+                                 "stage2": own if own in choices else choices[0]}
         if can_mix(base):
             point["mixup"] = _clip(base.mixup, self.mixup)
         return point

@@ -52,7 +52,7 @@ def test_the_space_proposes_only_configs_the_engines_search_runs(engine, tiny_bu
         # the trainer's own refusals (mixing with an engine that cannot replay the mix) are the test, not ours
         AutoBalance(cfg).build(tiny_bundle, model=TinyNet(4))
         assert p["drw_from"] in DRW_4 and p["stage2"] in SPACE.recipe.stage2
-        assert 1e-4 <= p["weight_decay"] <= 2e-3
+        assert SPACE.recipe.weight_decay[0] <= p["weight_decay"] <= SPACE.recipe.weight_decay[1]
     if engine == "head":
         assert all(0 <= p["mixup"] <= 1 for p in points) and max(p["mixup"] for p in points) > 0.1
     else:  # not sampled: the base's (no) mixing stays
@@ -83,13 +83,38 @@ def test_known_good_points_carry_the_base_recipe():
     # values outside the space are clipped; DRW after the proxy's last epoch start is off there; an engine that
     # cannot mix gets no mixup; a stage 2 not among the choices gives the first choice
     odd = SPACE.known_good(Config(weight_decay=0.0, drw_from=0.95, engine="neumann", stage2="tau-norm"), 5)[0]
-    assert {k: odd.get(k, "absent") for k in RECIPE} == {"weight_decay": 1e-4, "mixup": "absent", "drw_from": None,
+    assert {k: odd.get(k, "absent") for k in RECIPE} == {"weight_decay": 1e-3, "mixup": "absent", "drw_from": None,
                                                           "stage2": "none"}
     # without --recipe-knobs: the points and stored settings of studies made before the knobs existed
     plain = SearchSpace()
     assert plain.known_good(base)[0] == {"init": "la", "tau": 1.0, "upper_lr": base.upper_lr,
                                          "val_fraction": base.val_fraction}
     assert not set(RECIPE) & set(plain.to_dict())
+
+
+def test_the_default_space_starts_from_the_default_recipe_and_resolves_auto():
+    space = RecipeSpace()
+    # the product's defaults: wd 2e-3 (inside the range, not at its edge) and --stage2 auto, which for the search
+    # is the exact stage-2 search: the first trial runs exactly the recipe `ab-plugin search` runs
+    point = space.known_good(Config(), 8)
+    assert (point["weight_decay"], point["stage2"], point["drw_from"], point["mixup"]) == (2e-3, "search", None, 0.0)
+    assert space.weight_decay[0] < Config().weight_decay < space.weight_decay[1]
+    assert space.stage2_choices(Config()) == ["search", "none", "crt"]
+    # where the search cannot be exact, auto is none, and the choices hold it once
+    learned = Config(augment="learned")
+    assert space.stage2_choices(learned) == ["none", "crt"] and space.known_good(learned, 8)["stage2"] == "none"
+    space.check_base(learned, 8)
+    # a base with an explicit stage 2 among the choices starts from it; auto is still the search's own
+    assert space.known_good(Config(stage2="crt"), 8)["stage2"] == "crt"
+    assert space.stage2_choices(Config(stage2="crt")) == ["search", "none", "crt"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(12):
+        trial = study.ask()
+        space.suggest(trial, Config(), 8)
+        drawn.add(trial.params["stage2"])
+        study.tell(trial, 0.5)
+    assert drawn == {"search", "none", "crt"}  # concrete values: what a trial stores is what it hands on
 
 
 def test_space_option_sets_ranges_and_bad_spaces_are_one_line_errors(tmp_path):
@@ -130,9 +155,9 @@ def test_recipe_study_from_the_cli_reaches_the_search_and_its_retrain(tmp_path):
     trials = load_warmstart_study(ws).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert {t.params["stage2"] for t in trials} <= {"crt", "search"}
-    # the first trial is the base's recipe (its stage 2 "none" is no choice here: the first, crt)
+    # the first trial is the base's recipe (its --stage2 auto is the exact search, a choice here)
     assert {k: trials[0].params[k] for k in RECIPE} == {"weight_decay": FAST.weight_decay, "mixup": FAST.mixup,
-                                                       "drw_from": FAST.drw_from, "stage2": "crt"}
+                                                       "drw_from": FAST.drw_from, "stage2": "search"}
     # stage-2 trials are scored after their stage 2, which ran; no epoch of theirs was reported to a pruner
     for t in trials:
         assert t.user_attrs["stage2"]["recipe"] == t.params["stage2"] and sorted(t.intermediate_values) == [2]

@@ -242,8 +242,9 @@ class AutoBalance:
             create_engine(cfg.engine, **cfg.engine_options), create_objective(cfg.objective), val)
         model = model if model is not None else build_model(cfg, train.num_classes, "autobalance")
         mean, std = normalization(cfg, model, bundle)
-        self.trainer = Trainer(model, loss, train, cfg, mean=mean, std=std, policy=policy,
-                               upper=upper, run_dir=run_dir, callbacks=callbacks)
+        # the exact search's stage 1 has no upper level, yet its epochs report the validation split's metrics
+        self.trainer = Trainer(model, loss, train, cfg, mean=mean, std=std, policy=policy, upper=upper,
+                               monitor=val if upper is None else None, run_dir=run_dir, callbacks=callbacks)
         return self.trainer, val
 
     def fit(self, bundle: DatasetBundle, *, run_dir: str | Path | None = None, resume: bool = False,

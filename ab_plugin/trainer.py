@@ -120,6 +120,8 @@ class Trainer:
         policy: a :class:`~ab_plugin.policies.ClassPolicy` (its ``sample_params(x, y)`` draws, applied as
             ``policy(x01, y, draws)``, are kept for the hyper-step's replay) or ``None``.
         upper: engine, objective and validation split of a search, or ``None`` for plain training.
+        monitor: without ``upper``, a validation split whose metrics each epoch's record holds (``val``), as a
+            search's does; evaluation only (eval mode, no gradient), so training is the same with or without it.
         run_dir: where the checkpoint and per-epoch metrics go; ``None`` keeps everything in memory.
         callbacks: :class:`TrainerCallback` instances (a ``policy`` that is one is called first).
 
@@ -146,6 +148,7 @@ class Trainer:
         std: Sequence[float],
         policy: nn.Module | None = None,
         upper: HyperSetup | None = None,
+        monitor: Split | None = None,
         run_dir: str | Path | None = None,
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
@@ -168,6 +171,8 @@ class Trainer:
         self.loss = loss.to(self.device)
         self.policy = policy.to(self.device) if policy is not None else None
         self.train_data, self.upper = train, upper
+        # the split whose metrics every epoch records (``record["val"]``): the upper level's, else ``monitor``
+        self.val_split = upper.val if upper is not None else monitor
         self.mean, self.std = tuple(mean), tuple(std)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # a policy with hooks (cuda's curriculum) runs them first: the other callbacks see what it records
@@ -326,9 +331,9 @@ class Trainer:
                 self._hyper_step()
             for cb in self.callbacks:
                 cb.on_step_end(self, st.step, loss_value)
-        if self.upper is not None:
+        if self.val_split is not None:
             # one pass over the validation split per epoch, after its training: the epoch's validation metrics
-            # (what a pruner reads) and the head engine's features for the next hyper-steps
+            # (what a pruner reads) and, with an upper level, the head engine's features for the next hyper-steps
             record["val"] = self._validation_pass().to_dict()
         record.update({
             "train_loss": total / max(1, count),
@@ -390,7 +395,7 @@ class Trainer:
 
     @torch.no_grad()
     def _validation_pass(self) -> Metrics:
-        val = self._rank_part(self.upper.val)
+        val = self._rank_part(self.val_split)
         logits, feats = self.predict(val)
         y = val.targets.to(self.device)
         g = val.groups.to(self.device) if val.groups is not None else None

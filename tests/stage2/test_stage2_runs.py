@@ -92,6 +92,24 @@ def test_by_default_the_search_and_its_retrain_use_the_exact_stage2_search_and_b
     assert retrain(one_stage, tiny_bundle, cfg, model=TinyNet()).stage2 is None
 
 
+def test_the_exact_search_stage1_records_validation_metrics_without_changing_its_training(tiny_bundle):
+    cfg = Config(**TINY, stage2="search")
+    torch.manual_seed(0)
+    trainer, val = AutoBalance(cfg).build(tiny_bundle, model=TinyNet())
+    trainer.fit()
+    # every stage-1 epoch holds the validation split's metrics, as a one-stage search's epochs do
+    assert len(trainer.state.history) == 2 and all("balanced_error" in r["val"] for r in trainer.state.history)
+    assert trainer.state.history[-1]["val"]["balanced_error"] == pytest.approx(trainer.evaluate(val).balanced_error)
+    # the same training without the monitor: evaluation only, so the weights come out bit-identical
+    torch.manual_seed(0)
+    again, _ = AutoBalance(cfg).build(tiny_bundle, model=TinyNet())
+    again.val_split = None
+    again.fit()
+    assert "val" not in again.state.history[0]
+    for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_stage2_search_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "run"
     code, stdout, err = cli("search", "--dataset", "digits-lt", "--backbone", "resnet20", "--epochs", "1",

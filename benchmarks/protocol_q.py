@@ -68,7 +68,7 @@ AUTOBALANCE = {
     # its frozen features with the classifier solved exactly; the retrain repeats stage 1 and solves for α*
     "ab-dl-stage2": {"init": "la", "learn": ("logit_bias", "logit_scale"), "stage2": "search"},
 }
-#: issue 23's warm start that pays: an Optuna study of this many short proxy searches (a sixth of the epochs,
+#: issue 23's warm start (item 4): an Optuna study of this many short proxy searches (a sixth of the epochs,
 #: median-pruned per epoch, ``ab-plugin search --warmstart N --warmstart-recipe-knobs``) over the init, the
 #: upper lr, the validation fraction and the recipe (weight decay, DRW point, stage 2) chooses where the default
 #: search starts and what recipe it and its retrain train with; only validation data scores the trials

@@ -52,9 +52,13 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def _args(out: Path, *extra: str) -> list[str]:
+    """The ``ab-plugin warmstart`` options of the process tests."""
+    return [*FAST_ARGS, "--out", str(out), "--quiet", "--format", "json", *extra]
+
+
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ab_plugin.warmstart", *FAST_ARGS, "--out", str(out), "--quiet", "--format", "json",
-            *extra]
+    return [sys.executable, "-m", "ab_plugin.warmstart", *_args(out, *extra)]
 
 
 def _env() -> dict[str, str]:
@@ -259,7 +263,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     barrier.mkdir()
     # full-size proxies (363 images, ~1 s a trial). Both workers meet at a barrier after their imports, so that a
     # slow interpreter start cannot let one of them finish the study before the other joins.
-    args = _cli(out, "--n-trials", "6", "--pruner", "median", "--pruner-startup", "2", "--n-max", "144")[3:]
+    args = _args(out, "--n-trials", "6", "--pruner", "median", "--pruner-startup", "2", "--n-max", "144")
     procs = [subprocess.Popen([sys.executable, "-c", _AT_BARRIER, str(barrier), str(i), *args], cwd=tmp_path,
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
